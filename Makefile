@@ -1,0 +1,80 @@
+# The course's commands. `make` lists them.
+
+HOST ?= 127.0.0.1
+PORT ?= 5000
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_STAMP := node_modules/.package-lock.json
+
+# The front-end files each step serves from its own static/vendor/ (paths inside node_modules/).
+vendor_02 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js \
+	htmx2/dist/htmx.min.js htmx-ext-ws/dist/ws.js htmx1/dist/htmx.min.js
+vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js
+vendor_04 := socket.io-client/dist/socket.io.min.js
+vendor_05 := socket.io-client/dist/socket.io.min.js
+
+step_dir = $(firstword $(wildcard steps/$(1)_*))
+step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$(firstword $(subst _, ,$(d)))))
+
+.DEFAULT_GOAL := help
+.SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
+.PHONY: help test test-fast lint diff clean
+
+help: ## List the targets
+	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
+	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/; s/%/NN/' | expand -t 20
+
+step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. make step-01
+	@test -n "$(call step_dir,$*)" || { echo "There is no step $* in steps/." >&2; exit 1; }
+	@echo "Step $*: open http://$(HOST):$(PORT)/ in your browser (Ctrl-C stops the server)."
+	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,$*)/app.py
+
+test: $(VENV)/.test vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
+	@browser=$$(bash tests/find-browser.sh $(PY)) && \
+		CHROMIUM_PATH="$$browser" $(PY) -m pytest --nbmake tests $(wildcard notebooks/*.ipynb)
+
+test-fast: $(VENV)/.test vendor ## Run the tests that need no browser
+	$(PY) -m pytest --nbmake -m "not e2e" tests $(wildcard notebooks/*.ipynb)
+
+test-step-%: $(VENV)/.test vendor-% ## Run one step's tests and notebook, e.g. make test-step-01
+	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
+		--nbmake $(wildcard tests/test_$*_*.py) $(wildcard notebooks/$*_*.ipynb)
+
+lint: $(VENV)/.test ## Check style: ruff check and ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+diff: ## Show what step B adds to step A, e.g. make diff A=01 B=02
+	@test -n "$(A)" -a -n "$(B)" || { echo "Usage: make diff A=01 B=02" >&2; exit 1; }
+	@diff -ruN --exclude=vendor --exclude=__pycache__ $(call step_dir,$(A)) $(call step_dir,$(B)); \
+		test $$? -le 1
+
+clean: ## Remove the virtual environment, node_modules and copied front-end files
+	rm -rf $(VENV) node_modules steps/*/static/vendor .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- set-up, each done once and redone only when its inputs change ---
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "The course needs Python >= 3.10; set PYTHON=/path/to/python3.x" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "pip==26.3"  # --group needs pip >= 25.1
+
+$(VENV)/.%: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check --group $*
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "The course needs Node.js with npm (https://nodejs.org)." >&2; exit 1; }
+	npm ci --no-audit --no-fund
+	@touch $@
+
+# Copying a handful of files is cheap, so it runs every time and never goes stale.
+vendor-%: $(NODE_STAMP)
+	@for file in $(vendor_$*); do \
+		install -D -m 644 node_modules/$$file $(call step_dir,$*)/static/vendor/$$file || exit 1; \
+	done
+
+vendor: $(addprefix vendor-,$(step_numbers))

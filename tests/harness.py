@@ -1,0 +1,128 @@
+"""Helpers the tests share: run a step as a learner does, and check what a page did."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class StepServer:
+    """`python steps/<step>/app.py` in a subprocess on a free port, as `make step-NN` runs it.
+
+    Use it as a context manager. `restart()` kills the process and starts it again on the same
+    port, which is how the tests check that open pages survive a server restart.
+    """
+
+    def __init__(self, step: str, log_dir: Path, **env):
+        self.app = ROOT / "steps" / step / "app.py"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log = log_dir / f"{step}-{self.port}.log"
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.env.update({name: str(value) for name, value in env.items()})
+        self.process = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def start(self, timeout: float = 15) -> None:
+        # Output goes to a file: a pipe that nobody reads fills up and freezes the server.
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(self.app)],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while not self._accepts():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.app} did not start; its output:\n{self.output()}")
+            time.sleep(0.05)  # polling interval while the port is closed
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def _accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+
+@contextmanager
+def no_reload(page):
+    """Prove that what happens inside the block changes the page in place, without a reload.
+
+    A reload would drop the marker set on `window`, fire another `load` event and start a new
+    document. (Counting navigations does not work: htmx 4 calls history.replaceState.)
+    """
+    page.evaluate("window.__marker = 'first load'")
+    loads = []
+
+    def count_load(loaded_page):
+        loads.append(loaded_page)
+
+    page.on("load", count_load)
+    try:
+        yield
+    finally:
+        page.remove_listener("load", count_load)
+    assert page.evaluate("window.__marker") == "first load", "the page was reloaded"
+    assert not loads, "a new load event fired"
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}"
+
+
+class OriginGuard:
+    """Record every request or WebSocket a browser context opens outside its page's own origin."""
+
+    def __init__(self, context):
+        self.foreign: list[str] = []
+        context.on("request", self._on_request)
+        context.on("page", lambda page: page.on("websocket", lambda ws: self._check(page, ws.url)))
+
+    def _on_request(self, request):
+        # The test's own page.goto is a navigation; everything else the page asked for itself.
+        if not request.is_navigation_request():
+            self._check(request.frame.page, request.url)
+
+    def _check(self, page, url: str) -> None:
+        if urlsplit(url).scheme in ("data", "blob"):
+            return
+        if origin(url) != origin(page.url):
+            self.foreign.append(f"{page.url} fetched {url}")

@@ -1,0 +1,55 @@
+"""The test harness can fail: its guards catch a reload and a request to another origin."""
+
+import os
+import signal
+import subprocess
+from urllib.request import urlopen
+
+import pytest
+from harness import ROOT, OriginGuard, free_port, no_reload
+
+
+def test_no_reload_fails_when_the_page_reloads(page, serve):
+    server = serve("01_echo")
+    page.goto(server.url)
+    with pytest.raises(AssertionError, match="reloaded"), no_reload(page):
+        page.reload()
+
+
+def test_origin_guard_records_a_request_to_another_origin(new_context, serve):
+    server = serve("01_echo")
+    context = new_context()
+    guard = OriginGuard(context)
+    page = context.new_page()
+    page.goto(server.url)
+    with page.expect_event("requestfailed"):
+        page.evaluate("fetch('http://127.0.0.2:9/elsewhere.js').catch(() => {})")
+    assert guard.foreign == [f"{server.url}/ fetched http://127.0.0.2:9/elsewhere.js"]
+
+
+def test_make_step_serves_the_page_and_ctrl_c_stops_it():
+    port = free_port()
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "step-01", f"PORT={port}"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    for line in make.stdout:
+        if "Running on" in line:
+            break
+    page_html = urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+    os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does
+    rest = make.stdout.read()
+    make.wait(timeout=10)
+    assert "<h1>WebSocket echo</h1>" in page_html
+    assert "Traceback" not in rest
+
+
+def test_make_help_lists_every_target():
+    listing = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for target in ["step-NN", "test", "test-fast", "test-step-NN", "lint", "diff", "clean"]:
+        assert f"  {target} " in listing
