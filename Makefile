@@ -19,7 +19,7 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
-.PHONY: help test test-fast lint diff clean
+.PHONY: help test test-fast lint lab diff clean
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
@@ -31,19 +31,22 @@ step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. mak
 	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,$*)/app.py
 
 test: $(VENV)/.test vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
-	@browser=$$(bash tests/find-browser.sh $(PY)) && \
-		CHROMIUM_PATH="$$browser" $(PY) -m pytest --nbmake tests $(wildcard notebooks/*.ipynb)
+	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest
 
-test-fast: $(VENV)/.test vendor ## Run the tests that need no browser
-	$(PY) -m pytest --nbmake -m "not e2e" tests $(wildcard notebooks/*.ipynb)
+test-fast: $(VENV)/.test vendor ## Run the tests that need no browser (notebooks included)
+	$(PY) -m pytest -m "not e2e"
 
-test-step-%: $(VENV)/.test vendor-% ## Run one step's tests and notebook, e.g. make test-step-01
+test-step-%: $(VENV)/.test vendor-% ## Run one step's tests and its notebook, e.g. make test-step-01
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
-		--nbmake $(wildcard tests/test_$*_*.py) $(wildcard notebooks/$*_*.ipynb)
+		$(wildcard tests/test_$*_*.py) tests/test_notebooks.py -k "$*_ or not notebook"
 
-lint: $(VENV)/.test ## Check style: ruff check and ruff format --check
+lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that notebooks have no outputs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
+
+lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experiment with each step
+	cd notebooks && ../$(VENV)/bin/jupyter lab
 
 diff: ## Show what step B adds to step A, e.g. make diff A=01 B=02
 	@test -n "$(A)" -a -n "$(B)" || { echo "Usage: make diff A=01 B=02" >&2; exit 1; }

@@ -53,3 +53,24 @@ def test_make_help_lists_every_target():
     listing = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True).stdout
     for target in ["step-NN", "test", "test-fast", "test-step-NN", "lint", "diff", "clean"]:
         assert f"  {target} " in listing
+
+
+def find_browser(**env):
+    return subprocess.run(
+        ["bash", "tests/find-browser.sh"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_find_browser_prefers_chromium_path():
+    found = find_browser(CHROMIUM_PATH="/bin/sh")  # any executable will do here
+    assert (found.returncode, found.stdout) == (0, "/bin/sh\n")
+
+
+def test_find_browser_refuses_a_chromium_path_that_is_not_a_program():
+    found = find_browser(CHROMIUM_PATH="/etc/hostname")
+    assert found.returncode == 1
+    assert "not an executable" in found.stderr
