@@ -71,6 +71,6 @@ def test_find_browser_prefers_chromium_path():
 
 
 def test_find_browser_refuses_a_chromium_path_that_is_not_a_program():
-    found = find_browser(CHROMIUM_PATH="/etc/hostname")
+    found = find_browser(CHROMIUM_PATH=str(ROOT / "README.md"))
     assert found.returncode == 1
     assert "not an executable" in found.stderr
