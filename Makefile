@@ -30,6 +30,9 @@ step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. mak
 	@echo "Step $*: open http://$(HOST):$(PORT)/ in your browser (Ctrl-C stops the server)."
 	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,$*)/app.py
 
+step-05: $(VENV)/.runtime vendor-05 ## Serve step 05: two servers sharing Redis, on PORT and PORT+1
+	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,05)/run.py
+
 test: $(VENV)/.test vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest
 
