@@ -1,0 +1,111 @@
+"""Step 03: a chat room, safe with every input and every client.
+
+The page sends its form over the /chatroom socket with htmx 4 (`hx-ws:send`); the server checks
+each message and broadcasts it to every page as an HTML fragment. A newcomer first gets the last
+messages. Every connection has its own bounded outbox and writer (hub.py), so one frozen client
+cannot stall the room. Run it with `make step-03` or `python app.py`.
+"""
+
+import json
+import os
+import threading
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from flask import Flask, abort, render_template, request
+from flask_sock import Sock
+from hub import Hub
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_CHARS = 500
+MAX_NAME_CHARS = 40
+
+app = Flask(__name__)
+# A frame over 64 KiB closes that one connection with code 1009 (message too big).
+app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_MESSAGE_BYTES}
+sock = Sock(app)
+# HISTORY: how many messages a newcomer receives first. QUEUE: how many frames a client may fall
+# behind before it is dropped (tests make it small).
+hub = Hub(
+    history_size=int(os.environ.get("HISTORY", "50")),
+    queue_size=int(os.environ.get("QUEUE", "100")),
+)
+# Counting and announcing the people online must not interleave, or an old count could win.
+online_lock = threading.Lock()
+
+
+@app.get("/")
+def index():
+    return render_template("index.html", online=len(hub))
+
+
+@app.before_request
+def refuse_cross_site_sockets():
+    # Browsers send cookies with a WebSocket handshake from any site and leave the decision to
+    # the server: refuse a handshake whose page came from another host. No Origin at all means
+    # no browser page (a script or a bench), which could claim any origin anyway.
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+        abort(403)
+
+
+@sock.route("/chatroom")
+def chatroom(ws):
+    client = hub.join(ws)
+    announce_online()
+    showing_error = False
+    try:
+        # This thread is the only reader of the socket, the client's writer thread its only
+        # writer. receive() waits at most a second (see step 01: a too-big message closes the
+        # connection without waking it).
+        while ws.connected:
+            frame = ws.receive(timeout=1)
+            if frame is None:
+                continue
+            name, text, error = read_message(frame)
+            if error:
+                hub.send(client, render_template("_error.html", error=error))
+                showing_error = True
+                continue
+            if showing_error:  # the sender got it right this time: clear the alert
+                hub.send(client, render_template("_error.html", error=None))
+                showing_error = False
+            message = {"name": name, "text": text, "at": datetime.now().astimezone()}
+            hub.broadcast(
+                render_template("_new_message.html", message=message),
+                remember=render_template("_message.html", message=message),
+            )
+    finally:
+        hub.leave(client)
+        announce_online()
+
+
+def read_message(frame):
+    """Return (name, text, None) for a good frame, or (None, None, what is wrong with it)."""
+    try:
+        fields = json.loads(frame)
+    except ValueError:
+        return None, None, "That was not a chat message (the frame is not JSON)."
+    if not isinstance(fields, dict) or not isinstance(fields.get("chat_message"), str):
+        return None, None, "That was not a chat message (it has no chat_message field)."
+    text = fields["chat_message"].strip()
+    name = fields.get("name")
+    name = name.strip() if isinstance(name, str) else ""
+    if not text:
+        return None, None, "Type a message before you send it."
+    if len(text) > MAX_MESSAGE_CHARS:
+        return None, None, f"A message has at most {MAX_MESSAGE_CHARS} characters; yours has {len(text)}."
+    if len(name) > MAX_NAME_CHARS:
+        return None, None, f"A name has at most {MAX_NAME_CHARS} characters."
+    return name or "anonymous", text, None
+
+
+def announce_online():
+    with online_lock:
+        hub.broadcast(render_template("_online.html", online=len(hub)))
+
+
+if __name__ == "__main__":
+    app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "5000")))
