@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from harness import ROOT, StepServer, no_reload
 from playwright.sync_api import expect
-from simple_websocket import Client
+from simple_websocket import Client, ConnectionClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -196,6 +196,30 @@ def test_clock_ticks_every_clock_interval(raw_socket):
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", tick)
 
 
+def connect_raw(server):
+    """A connected Socket.IO client spoken by hand: returns the socket and what it has received."""
+    ws = Client.connect(engine_io_url(server))
+    ws.send("40")  # Socket.IO: connect to the main namespace
+    return ws, receive_until(ws, "40")
+
+
+def test_packet_over_64_kib_closes_only_that_connection(chat_server):
+    alice, _ = connect_raw(chat_server)
+    mallory, _ = connect_raw(chat_server)
+    try:
+        joined = json.loads(receive_until(alice, '42["presence"')[-1][2:])[1]["count"]
+        mallory.send('42["send message",{"data":"' + "x" * 70_000 + '","username":"M"}]')
+        with pytest.raises(ConnectionClosed):
+            receive_until(mallory, "never")
+        # Alice sees one person fewer at once and can still chat.
+        left = json.loads(receive_until(alice, '42["presence"')[-1][2:])[1]["count"]
+        assert left == joined - 1
+        alice.send('42["send message",{"data":"still here","username":"Alice"}]')
+        assert "still here" in receive_until(alice, '42["new message"')[-1]
+    finally:
+        alice.close()
+
+
 def test_one_chat_message_costs_18_bytes_more_on_socket_io_than_on_a_raw_websocket(raw_socket):
     """The measurement behind the wire-overhead row of the README's table."""
     receive_until(raw_socket, "0")  # the Engine.IO open packet: 0{"sid":...}
@@ -325,3 +349,26 @@ def test_pages_reconnect_by_themselves_after_a_server_restart(two_users, serve):
         expect(bob.get_by_role("log").get_by_role("listitem")).to_have_text(
             [re.compile("after the restart$")]
         )
+
+
+def test_chat_works_over_long_polling_when_websockets_are_blocked(two_users, chat_server):
+    alice, bob = two_users
+    blocked = []
+
+    def refuse(ws):
+        blocked.append(ws.url)
+        ws.close()
+
+    # Alice's network refuses WebSockets (an old proxy, say): Socket.IO stays on long-polling.
+    alice.route_web_socket(re.compile(r"/socket\.io/"), refuse)
+    open_chat_page(alice, chat_server, "Alice")
+    open_chat_page(bob, chat_server, "Bob")
+    send(alice, "sent by polling")
+    send(bob, "received by polling")
+    for page in (alice, bob):
+        expect(page.get_by_role("log").get_by_role("listitem")).to_have_text(
+            [re.compile("sent by polling$"), re.compile("received by polling$")]
+        )
+    bob.wait_for_function("socket.io.engine.transport.name === 'websocket'")
+    assert blocked, "Alice's page never tried a WebSocket"
+    assert alice.evaluate("socket.io.engine.transport.name") == "polling"
