@@ -61,11 +61,11 @@ def open_clock_page(page, server, path="/"):
     return page.evaluate("window.__firstPushAfterMs")
 
 
-def wait_until(condition, timeout=10):
+def wait_until(condition, what, timeout=10):
     """Poll `condition` until it holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
+        assert time.monotonic() < deadline, f"after {timeout} s, still not true: {what}"
         time.sleep(0.05)  # polling interval between two checks, not a wait for an event
 
 
@@ -160,7 +160,11 @@ def test_closing_the_pages_ends_their_loops_and_threads(new_user, serve):
     assert process.num_threads() >= baseline + 2 * len(pages)
     for page in pages:
         page.context.close()
-    wait_until(lambda: process.num_threads() == baseline, timeout=10)
+    # "At most": the harness's start-up probe may still have held a thread when it was counted.
+    wait_until(
+        lambda: process.num_threads() <= baseline,
+        f"the server is back to its {baseline} threads",
+    )
 
 
 def test_htmx4_ignores_the_articles_htmx1_attribute_and_never_ticks(new_user, clock_server):
@@ -182,20 +186,17 @@ def test_htmx4_ignores_the_articles_htmx1_attribute_and_never_ticks(new_user, cl
     assert served_time < clock(working).inner_text()
 
 
-@pytest.mark.parametrize("path", PAGES)
-def test_clock_resumes_by_itself_after_a_server_restart(page, serve, path):
-    server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)
-    open_clock_page(page, server, path)
+def restart_and_see_the_clock_resume(page, server):
     expect(clocks_open(page)).to_have_text("1")
     with no_reload(page):
         server.restart()
         stopped_at = clock(page).inner_text()
-        # Only the new server can move the clock on now.
+        # Only the new server can move the clock on now, and it counts this page again.
         expect(clock(page)).not_to_have_text(stopped_at, timeout=RESTART_TIMEOUT_MS)
         expect(clocks_open(page)).to_have_text("1")
 
 
-def test_htmx4_page_sees_close_code_1006_when_the_server_dies(page, serve):
+def test_htmx4_clock_resumes_after_a_restart_by_reconnecting_after_code_1006(page, serve):
     server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)
     open_clock_page(page, server, "/")
     page.evaluate("""
@@ -204,11 +205,15 @@ def test_htmx4_page_sees_close_code_1006_when_the_server_dies(page, serve):
           window.__closeCodes.push(event.detail.code);
         });
     """)
-    server.restart()
-    page.wait_for_function("window.__closeCodes.length > 0", timeout=RESTART_TIMEOUT_MS)
-    assert page.evaluate("window.__closeCodes[0]") == 1006
-    stopped_at = clock(page).inner_text()
-    expect(clock(page)).not_to_have_text(stopped_at, timeout=RESTART_TIMEOUT_MS)
+    restart_and_see_the_clock_resume(page, server)
+    assert set(page.evaluate("window.__closeCodes")) == {1006}  # retries while it was down, too
+
+
+@pytest.mark.parametrize("path", ["/htmx2", "/htmx1"])
+def test_older_htmx_clock_resumes_by_itself_after_a_server_restart(page, serve, path):
+    server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)
+    open_clock_page(page, server, path)
+    restart_and_see_the_clock_resume(page, server)
 
 
 # --- fast tier: a Python WebSocket client against the same server ---
