@@ -1,0 +1,202 @@
+"""Step 05: step 04's chat, scaled out to several server processes that share Redis.
+
+Every server is started with the same `message_queue`: an emit on one server is published to
+Redis and delivered by every server to its own clients, so Alice on one server and Bob on
+another share one chat. Presence lives in Redis too, one key per server that expires unless
+the server's heartbeat renews it. Run it with `make step-05` (two servers) or `python app.py`.
+"""
+
+import os
+import threading
+from datetime import datetime
+
+import redis
+from flask import Flask, render_template
+from flask_socketio import SocketIO, emit
+
+MAX_MESSAGE_CHARS = 500
+MAX_NAME_CHARS = 40
+CLOCK_INTERVAL = float(os.environ.get("CLOCK_INTERVAL", "5"))
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# A server renews its presence key every PRESENCE_INTERVAL seconds; the key lives three
+# intervals, so the clients of a server that died leave the count after 3 to 4 intervals.
+PRESENCE_INTERVAL = float(os.environ.get("PRESENCE_INTERVAL", "1"))
+SERVER = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
+PRESENCE_KEY = f"online:{SERVER}"
+
+app = Flask(__name__)
+# threading: one thread per connection on simple-websocket, no eventlet or gevent to install.
+# Engine.IO accepts packets of up to 1 MB unless told otherwise; a bigger one closes that client.
+# Same-origin is enforced because cors_allowed_origins is left at its default (never "*").
+# message_queue: every emit goes to this server's clients and, through Redis, to the others'.
+# WebSocket only: a client's whole session is one connection to one server, so a load balancer
+# in front of the servers needs no sticky sessions (long-polling is many requests; see README).
+socketio = SocketIO(
+    app,
+    async_mode="threading",
+    max_http_buffer_size=64 * 1024,
+    message_queue=REDIS_URL,
+    transports=["websocket"],
+)
+# Our own connection for the presence keys. Short timeouts and no retries: when Redis is away,
+# a connect or a message must not wait for it.
+store = redis.Redis.from_url(
+    REDIS_URL, socket_timeout=1, socket_connect_timeout=1, retry=None, decode_responses=True
+)
+
+online = 0  # this server's clients; the total across servers is the sum of the keys in Redis
+online_lock = threading.Lock()  # handlers run in one thread per client
+redis_problem = None  # why Redis last failed, or None while it answers
+clock = beat = None  # the background tasks, started by the first client that connects
+tasks_lock = threading.Lock()
+
+
+@app.get("/")
+def index():
+    return render_template(
+        "index.html",
+        clock=clock_time(),
+        server=SERVER,
+        max_message_chars=MAX_MESSAGE_CHARS,
+        max_name_chars=MAX_NAME_CHARS,
+    )
+
+
+@socketio.on("connect")
+def on_connect():
+    start_background_tasks()
+    count_online(+1)
+
+
+@socketio.on("disconnect")
+def on_disconnect(reason):
+    count_online(-1)
+
+
+@socketio.on("send message")
+def on_send_message(message):
+    # What we return is the acknowledgement: it goes back to the sender alone, to its own emit.
+    problem = problem_with(message)
+    if problem:
+        return {"error": problem}
+    emit(
+        "new message",
+        {
+            "name": message["username"].strip(),
+            "time": datetime.now().strftime("%H:%M"),
+            "text": message["data"].strip(),
+        },
+        broadcast=True,  # to every client of every server, the sender included
+    )
+    return {"ok": True}
+
+
+def problem_with(message):
+    """Why a `send message` payload is refused, or None if it is fine."""
+    if not isinstance(message, dict):
+        return "Send an object with a username and a message."
+    name, text = message.get("username"), message.get("data")
+    if not isinstance(name, str) or not isinstance(text, str):
+        return "Both the name and the message must be text."
+    if not name.strip():
+        return "Enter your name first."
+    if len(name) > MAX_NAME_CHARS:
+        return f"A name can be at most {MAX_NAME_CHARS} characters."
+    if not text.strip():
+        return "Type a message first."
+    if len(text) > MAX_MESSAGE_CHARS:
+        return f"A message can be at most {MAX_MESSAGE_CHARS} characters."
+    return None
+
+
+def count_online(change):
+    global online
+    with online_lock:
+        online += change
+    push_presence(everywhere=True)
+
+
+def heartbeat():
+    # Renews this server's key before it expires, and sends the total to this server's pages:
+    # that is how they learn that another server died (its key expired) without saying so. It
+    # also corrects, one beat later, a count that raced with another server's.
+    while True:
+        push_presence(everywhere=False)
+        socketio.sleep(PRESENCE_INTERVAL)
+
+
+def push_presence(everywhere):
+    # The emit is outside the lock: it can find a client whose pings timed out, and that client's
+    # disconnect handler then runs in this very thread and would wait for the lock forever.
+    count, shared = total_online()
+    socketio.emit("presence", {"count": count}, ignore_queue=not (everywhere and shared))
+
+
+def total_online():
+    """Store this server's count in Redis and add up every server's: (total, True).
+
+    Without Redis, this server's pages can reach only each other: (this server's count, False).
+    """
+    with online_lock:  # the last count stored is the latest
+        try:
+            store.set(PRESENCE_KEY, online, px=int(PRESENCE_INTERVAL * 3 * 1000))
+            keys = list(store.scan_iter("online:*"))
+            total = sum(int(count) for count in store.mget(keys) if count)
+        except redis.RedisError as error:
+            log_redis_problem(error)
+            return online, False
+        log_redis_problem(None)
+        return total, True
+
+
+def log_redis_problem(error):
+    """Log when Redis goes away and when it comes back: once each, not at every beat."""
+    global redis_problem
+    if error and not redis_problem:
+        app.logger.error(
+            "Redis at %s does not answer (%s). Until it does, messages from this server's pages "
+            "reach only this server's pages, and the online count is this server's own.",
+            REDIS_URL,
+            error,
+        )
+    elif redis_problem and not error:
+        # Flask-SocketIO's own subscription retries after 1, 2, 4 ... 60 s: until its next try,
+        # this server does not yet hear the others.
+        app.logger.warning(
+            "Redis at %s answers again. Messages flow between the servers again as soon as "
+            "each one has subscribed again (see its 'retrying in N secs' lines).",
+            REDIS_URL,
+        )
+    redis_problem = error
+
+
+def start_background_tasks():
+    # Started on the first connection, not at import: the debug reloader's watcher process
+    # imports this file too but never accepts a connection, so only the serving process ticks.
+    global clock, beat
+    with tasks_lock:
+        if clock is None:
+            clock = socketio.start_background_task(push_time)
+            beat = socketio.start_background_task(heartbeat)
+
+
+def push_time():
+    while True:
+        # Each server has its own clock: its time goes to its own pages, not through Redis.
+        socketio.emit("tick", clock_time(), ignore_queue=True)
+        socketio.sleep(CLOCK_INTERVAL)
+
+
+def clock_time():
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+if __name__ == "__main__":
+    # socketio.run refuses Werkzeug's development server when stdin is not a terminal (tests,
+    # notebooks, CI); this flag says we know it is a development server.
+    socketio.run(
+        app,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "5000")),
+        allow_unsafe_werkzeug=True,
+    )
