@@ -243,6 +243,20 @@ def test_one_chat_message_costs_18_bytes_more_on_socket_io_than_on_a_raw_websock
     assert ack == '431[{"ok":true}]'  # 16 bytes, to the sender only
 
 
+def test_step_03_broadcasts_the_same_message_as_157_bytes_of_html(tmp_path):
+    """The step 03 column of the README's wire-overhead row: its server, a raw WebSocket."""
+    with StepServer("03_chat", tmp_path) as step_03:
+        ws = Client.connect(f"{step_03.ws_url}/chatroom")
+        try:
+            ws.send(json.dumps({"name": "Alice", "chat_message": "hello"}))
+            fragment = receive_until(ws, "<div hx-swap-oob")[-1]
+        finally:
+            ws.close()
+    assert "<b>Alice</b>" in fragment
+    assert "<span>hello</span>" in fragment
+    assert len(fragment.encode()) == 157, "step 03's fragment changed: update README.md's table"
+
+
 # --- in the browser ---
 
 
