@@ -57,8 +57,9 @@ def clock(ws):
         while ws.connected:
             ws.send(render_push())
             # The pause between pushes. receive() returns None after one interval, or raises
-            # ConnectionClosed (which Flask-Sock swallows) as soon as the browser leaves, so the
-            # loop and its thread never outlive the page by more than one interval.
+            # ConnectionClosed (which Flask-Sock swallows) as soon as the browser leaves. When
+            # simple-websocket closes the socket itself (a message over the limit, see step 01),
+            # `connected` ends the loop after the interval. No loop outlives its page.
             ws.receive(timeout=CLOCK_INTERVAL)
     finally:
         with open_clocks_lock:
