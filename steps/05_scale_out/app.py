@@ -53,13 +53,7 @@ tasks_lock = threading.Lock()
 
 @app.get("/")
 def index():
-    return render_template(
-        "index.html",
-        clock=clock_time(),
-        server=SERVER,
-        max_message_chars=MAX_MESSAGE_CHARS,
-        max_name_chars=MAX_NAME_CHARS,
-    )
+    return render_template("index.html", clock=clock_time(), server=SERVER)
 
 
 @socketio.on("connect")
@@ -76,37 +70,36 @@ def on_disconnect(reason):
 @socketio.on("send message")
 def on_send_message(message):
     # What we return is the acknowledgement: it goes back to the sender alone, to its own emit.
-    problem = problem_with(message)
-    if problem:
-        return {"error": problem}
-    emit(
-        "new message",
-        {
-            "name": message["username"].strip(),
-            "time": datetime.now().strftime("%H:%M"),
-            "text": message["data"].strip(),
-        },
-        broadcast=True,  # to every client of every server, the sender included
-    )
+    name, text, error = read_message(message)
+    if error:
+        return {"error": error}
+    now = datetime.now().strftime("%H:%M")
+    # broadcast=True: to every client of every server, the sender included.
+    emit("new message", {"name": name, "time": now, "text": text}, broadcast=True)
     return {"ok": True}
 
 
-def problem_with(message):
-    """Why a `send message` payload is refused, or None if it is fine."""
-    if not isinstance(message, dict):
-        return "Send an object with a username and a message."
-    name, text = message.get("username"), message.get("data")
-    if not isinstance(name, str) or not isinstance(text, str):
-        return "Both the name and the message must be text."
-    if not name.strip():
-        return "Enter your name first."
-    if len(name) > MAX_NAME_CHARS:
-        return f"A name can be at most {MAX_NAME_CHARS} characters."
-    if not text.strip():
-        return "Type a message first."
+def read_message(message):
+    """Return (name, text, None) for a good message, or (None, None, what is wrong with it)."""
+    if not (
+        isinstance(message, dict)
+        and isinstance(message.get("data"), str)
+        and isinstance(message.get("username"), str)
+    ):
+        return None, None, "That was not a chat message (it needs data and username as text)."
+    text = message["data"].strip()
+    name = message["username"].strip()
+    if not text:
+        return None, None, "Type a message before you send it."
     if len(text) > MAX_MESSAGE_CHARS:
-        return f"A message can be at most {MAX_MESSAGE_CHARS} characters."
-    return None
+        return (
+            None,
+            None,
+            f"A message has at most {MAX_MESSAGE_CHARS} characters; yours has {len(text)}.",
+        )
+    if len(name) > MAX_NAME_CHARS:
+        return None, None, f"A name has at most {MAX_NAME_CHARS} characters."
+    return name or "anonymous", text, None
 
 
 def count_online(change):
