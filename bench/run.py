@@ -213,6 +213,13 @@ def fmt(value, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def dropped_clients(row: dict) -> str:
+    """How many clients the server disconnected, and whether the sender was one of them."""
+    if "sender_dropped_after" in row:
+        return f"{row['dropped']} (the sender, after {row['sender_dropped_after']} messages)"
+    return str(row["dropped"])
+
+
 def ratio(row: dict, key: str) -> str:
     return f" ({row[key + '_ratio']:.1f}x)" if key + "_ratio" in row else ""
 
@@ -334,10 +341,10 @@ def write_results(rows, skipped, plan, started, load_before, load_after, elapsed
         "## Under load",
         "",
         "| server | clients | connect all (s) | p50 ms | p95 ms | p99 ms (x ref) | max ms "
-        "| deliveries/s | lost | dup | CPU us/delivery (x ref) | peak RSS MB (x ref) "
+        "| deliveries/s | lost | dup | dropped | CPU us/delivery (x ref) | peak RSS MB (x ref) "
         "| load gen CPU % |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: |",
     ]
     for row in rows:
         if row["scenario"] != "load":
@@ -350,6 +357,7 @@ def write_results(rows, skipped, plan, started, load_before, load_after, elapsed
             f"| {fmt(row['p50_ms'])} | {fmt(row['p95_ms'])} "
             f"| {fmt(row['p99_ms'])}{ratio(row, 'p99_ms')} | {fmt(row['max_ms'])} "
             f"| {fmt(row['deliveries_per_s'], 0)} | {row['lost']} | {row['duplicated']} "
+            f"| {dropped_clients(row)} "
             f"| {fmt(row['cpu_us_per_delivery'], 0)}{ratio(row, 'cpu_us_per_delivery')} "
             f"| {fmt(row['peak_rss_mb'], 0)}{ratio(row, 'peak_rss_mb')} "
             f"| {fmt(row['loadgen_cpu_percent'], 0)} |"
