@@ -96,7 +96,11 @@ def read_message(frame):
     if not text:
         return None, None, "Type a message before you send it."
     if len(text) > MAX_MESSAGE_CHARS:
-        return None, None, f"A message has at most {MAX_MESSAGE_CHARS} characters; yours has {len(text)}."
+        return (
+            None,
+            None,
+            f"A message has at most {MAX_MESSAGE_CHARS} characters; yours has {len(text)}.",
+        )
     if len(name) > MAX_NAME_CHARS:
         return None, None, f"A name has at most {MAX_NAME_CHARS} characters."
     return name or "anonymous", text, None

@@ -6,6 +6,7 @@ its socket with 1013 (try again later). The others never notice.
 """
 
 import queue
+import socket
 import threading
 from collections import deque
 
@@ -19,6 +20,9 @@ class Client:
 
     def __init__(self, ws, queue_size: int):
         self.ws = ws
+        # Chat frames are small and should leave at once: without TCP_NODELAY the kernel holds a
+        # small write back until the previous one is acknowledged (Nagle), up to 40 ms here.
+        ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.outbox = queue.Queue(maxsize=queue_size)
         self.writer = threading.Thread(target=self._write, daemon=True)
 
