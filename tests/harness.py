@@ -12,6 +12,17 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_until(condition, what: str, timeout: float = 10) -> None:
+    """Check `condition` every 50 ms until it holds; fail after `timeout` seconds.
+
+    For state no event announces (a port that opens, a thread count that falls).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"after {timeout} s, still not true: {what}"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -52,12 +63,13 @@ class StepServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while not self._accepts():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.app} did not start; its output:\n{self.output()}")
-            time.sleep(0.05)  # polling interval while the port is closed
+        try:
+            wait_until(self._exited_or_accepts, f"{self.app} accepts connections", timeout)
+        except AssertionError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.app} exited at start; its output:\n{self.output()}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -70,6 +82,9 @@ class StepServer:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def _exited_or_accepts(self) -> bool:
+        return self.process.poll() is not None or self._accepts()
 
     def _accepts(self) -> bool:
         try:

@@ -8,7 +8,7 @@ from urllib.request import urlopen
 
 import psutil
 import pytest
-from harness import StepServer, no_reload
+from harness import StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
@@ -59,14 +59,6 @@ def open_clock_page(page, server, path="/"):
     page.goto(server.url + path)
     page.wait_for_function("window.__firstPushAfterMs !== undefined", timeout=10_000)
     return page.evaluate("window.__firstPushAfterMs")
-
-
-def wait_until(condition, what, timeout=10):
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"after {timeout} s, still not true: {what}"
-        time.sleep(0.05)  # polling interval between two checks, not a wait for an event
 
 
 class Elements(HTMLParser):
