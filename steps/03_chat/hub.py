@@ -21,7 +21,7 @@ class Client:
     def __init__(self, ws, queue_size: int):
         self.ws = ws
         # Chat frames are small and should leave at once: without TCP_NODELAY the kernel holds a
-        # small write back until the previous one is acknowledged (Nagle), up to 40 ms here.
+        # small write back until the previous one is acknowledged (Nagle): tens of milliseconds.
         ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.outbox = queue.Queue(maxsize=queue_size)
         self.writer = threading.Thread(target=self._write, daemon=True)
