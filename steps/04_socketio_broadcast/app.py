@@ -82,10 +82,12 @@ def read_message(message):
 
 def count_online(change):
     global online
-    # Emitting under the lock sends the counts in the order they changed.
     with online_lock:
         online += change
-        socketio.emit("presence", {"count": online})
+        count = online
+    # Not under the lock: an emit can find a client whose heartbeat timed out, and Engine.IO then
+    # runs our disconnect handler in this very thread, which would wait for the lock forever.
+    socketio.emit("presence", {"count": count})
 
 
 def start_clock():
