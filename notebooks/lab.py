@@ -10,9 +10,19 @@ import sys
 import threading
 from pathlib import Path
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 STEPS = Path(__file__).resolve().parent.parent / "steps"
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No request log in the notebook's output: it would bury what the cells print.
+
+    (Werkzeug also logs a spurious "Bad request syntax" when a WebSocket closes.)
+    """
+
+    def log(self, *args) -> None:
+        pass
 
 
 class StepServer:
@@ -20,7 +30,9 @@ class StepServer:
         os.environ.update({name: str(value) for name, value in env.items()})
         self.module = load_step(step)
         self.app = self.module.app
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self._server = make_server(
+            "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
+        )
         self.port = self._server.port
         self.url = f"http://127.0.0.1:{self.port}/"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
