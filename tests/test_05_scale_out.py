@@ -26,10 +26,12 @@ CHANNEL = "flask-socketio"  # the channel Flask-SocketIO publishes on by default
 FAST = {"PRESENCE_INTERVAL": 0.2, "CLOCK_INTERVAL": 0.5}
 
 if shutil.which("redis-server") is None:
-    # .ci/run installs it, so in CI this never skips.
-    pytest.skip(
-        "redis-server is not installed (apt-get install redis-server)", allow_module_level=True
-    )
+    # A learner without Redis still gets every other step tested; CI (.ci/run installs
+    # redis-server) must never pass by skipping these.
+    missing = "redis-server is not installed (apt-get install redis-server)"
+    if os.environ.get("CI"):
+        pytest.fail(missing, pytrace=False)
+    pytest.skip(missing, allow_module_level=True)
 
 
 class RedisServer:
