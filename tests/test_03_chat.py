@@ -7,8 +7,9 @@ import socket
 import threading
 from contextlib import ExitStack
 
+import psutil
 import pytest
-from harness import no_reload
+from harness import no_reload, wait_until
 from playwright.sync_api import expect
 from simple_websocket import Client, ConnectionClosed
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -21,6 +22,7 @@ XSS = "<img src=x onerror=alert(1)>"
 MESSAGE = re.compile(
     r'<li class="message"><b>(.*?)</b> <time [^>]*>[^<]*</time> <span>(.*?)</span>'
 )
+ONLINE = re.compile(r'<output id="online"[^>]*>(\d+)</output>')
 ALERT = re.compile(r'<p id="error" role="alert"[^>]*>(.*?)</p>')
 # Frames a page could never send, and forms a user can fill in badly, with what the sender reads.
 BAD_FRAMES = {
@@ -346,7 +348,9 @@ def frames_to_fill_the_kernel_buffers(frame_bytes):
 
 
 def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_1013(serve):
-    server = serve("03_chat", QUEUE=50)  # well above the bursts of 10 below
+    # QUEUE well above the bursts of 10 below; DROP_GRACE longer than the test, which reads the
+    # frozen client again at the end (the next test never does).
+    server = serve("03_chat", QUEUE=50, DROP_GRACE=60)
     url = f"{server.ws_url}/chatroom"
     # The frozen client: a tiny receive buffer, no compression, and websockets stops reading the
     # socket once it holds one unread frame. The server's writes to it soon block.
@@ -378,3 +382,35 @@ def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_
     assert closed.value.rcvd.code == 1013
     assert 0 < len(frozen_got) < count
     assert frozen_got == [f"{n} {text}" for n in range(len(frozen_got))]
+
+
+def test_a_client_that_never_reads_again_is_cut_off_and_its_threads_end(serve):
+    server = serve("03_chat", QUEUE=5, DROP_GRACE=0.2)
+    threads = psutil.Process(server.process.pid).num_threads
+    url = f"{server.ws_url}/chatroom"
+    text = '"' * 490
+    with connect(url, compression=None) as sender:
+        assert ONLINE.findall(sender.recv(timeout=5)) == ["1"]
+        threads_for_one_client = threads()
+        frozen_socket = socket.socket()
+        frozen_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        frozen_socket.connect(("127.0.0.1", server.port))
+        with connect(url, sock=frozen_socket, compression=None, max_queue=1, close_timeout=1):
+            assert ONLINE.findall(sender.recv(timeout=5)) == ["2"]
+            # Talk until the frozen client has been dropped and cut off: then its handler ends
+            # and the count falls to 1. The sender reads each of its messages back, so it never
+            # falls behind itself.
+            online = ["2"]
+            for n in range(frames_to_fill_the_kernel_buffers(2500)):
+                sender.send(chat_frame(f"{n} {text}"))
+                frame = ""
+                while not messages_in(frame):
+                    frame = sender.recv(timeout=5)
+                    online += ONLINE.findall(frame)
+                if online[-1] == "1":
+                    break
+            assert online[-1] == "1", "the frozen client was never cut off"
+            # It has still read nothing, yet its handler and writer threads are gone.
+            wait_until(
+                lambda: threads() <= threads_for_one_client, "the frozen client's threads end"
+            )

@@ -25,10 +25,12 @@ app = Flask(__name__)
 app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_MESSAGE_BYTES}
 sock = Sock(app)
 # HISTORY: how many messages a newcomer receives first. QUEUE: how many frames a client may fall
-# behind before it is dropped (tests make it small).
+# behind before it is dropped (tests make it small). DROP_GRACE: seconds a dropped client has to
+# take its close frame before its connection is cut.
 hub = Hub(
     history_size=int(os.environ.get("HISTORY", "50")),
     queue_size=int(os.environ.get("QUEUE", "100")),
+    drop_grace=float(os.environ.get("DROP_GRACE", "5")),
 )
 # Counting and announcing the people online must not interleave, or an old count could win.
 online_lock = threading.Lock()

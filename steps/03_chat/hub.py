@@ -5,6 +5,7 @@ stops reading fills its outbox; the next broadcast that finds it full drops that
 its socket with 1013 (try again later). The others never notice.
 """
 
+import contextlib
 import queue
 import socket
 import threading
@@ -18,8 +19,9 @@ TRY_AGAIN_LATER = 1013
 class Client:
     """One connection: its outbox and the thread that is the only writer of its socket."""
 
-    def __init__(self, ws, queue_size: int):
+    def __init__(self, ws, queue_size: int, drop_grace: float):
         self.ws = ws
+        self.drop_grace = drop_grace
         # Chat frames are small and should leave at once: without TCP_NODELAY the kernel holds a
         # small write back until the previous one is acknowledged (Nagle): tens of milliseconds.
         ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -43,13 +45,25 @@ class Client:
             except queue.Empty:
                 break
         self.outbox.put_nowait(close_code)
+        if close_code is not None:
+            # A client this far behind may never read again, and then its writer waits in send()
+            # for ever, holding two threads and the socket: give the close frame a grace period,
+            # then cut the connection under it.
+            cut = threading.Timer(self.drop_grace, self._cut)
+            cut.daemon = True
+            cut.start()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):  # closed already
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
 
 
 class Hub:
     """The connected clients, and the history a newcomer receives before the live frames."""
 
-    def __init__(self, history_size: int, queue_size: int):
+    def __init__(self, history_size: int, queue_size: int, drop_grace: float):
         self.queue_size = queue_size
+        self.drop_grace = drop_grace
         self._clients: set[Client] = set()
         self._history: deque[str] = deque(maxlen=history_size)
         # One lock orders everything: a newcomer gets the history and then exactly the
@@ -60,7 +74,7 @@ class Hub:
         return len(self._clients)
 
     def join(self, ws) -> Client:
-        client = Client(ws, self.queue_size)
+        client = Client(ws, self.queue_size, self.drop_grace)
         with self._lock:
             if self._history:
                 client.outbox.put_nowait("".join(self._history))  # one frame, the oldest first
