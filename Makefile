@@ -19,7 +19,7 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
-.PHONY: help test test-fast lint lab diff clean
+.PHONY: help test test-fast lint lab bench bench-quick diff clean
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
@@ -50,6 +50,12 @@ lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that no
 
 lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experiment with each step
 	cd notebooks && ../$(VENV)/bin/jupyter lab
+
+bench: $(VENV)/.bench ## Measure steps 03 and 04 under load (5-10 min): bench/results.md and a plot
+	$(PY) bench/run.py
+
+bench-quick: $(VENV)/.bench ## A one-minute smoke run of the bench: bench/results-quick.md
+	$(PY) bench/run.py --quick
 
 diff: ## Show what step B adds to step A, e.g. make diff A=01 B=02
 	@test -n "$(A)" -a -n "$(B)" || { echo "Usage: make diff A=01 B=02" >&2; exit 1; }

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from harness import ROOT
@@ -15,10 +16,17 @@ import run as bench
 REFERENCE, STEP_03_WERKZEUG = bench.MODES[0], bench.MODES[1]
 
 
+def run_in_own_loop(coroutine):
+    """asyncio.run in a thread of its own: Playwright's sync API keeps a loop running in this one
+    once a browser test has run in the session."""
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
 def load(server, **scenario):
     url = f"ws://127.0.0.1:{server.port}/chatroom"
     scenario = {"clients": 4, "messages": 10, "rate": 50, **scenario}
-    return asyncio.run(loadgen.run(url, server_pid=server.process.pid, **scenario))
+    return run_in_own_loop(loadgen.run(url, server_pid=server.process.pid, **scenario))
 
 
 @pytest.mark.parametrize("mode", [REFERENCE, STEP_03_WERKZEUG], ids=["reference", "step 03"])
@@ -56,7 +64,7 @@ def test_the_bench_counts_lost_and_duplicated_messages():
                 f"ws://127.0.0.1:{port}/", clients=2, messages=15, rate=100, drain_timeout=0.5
             )
 
-    result = asyncio.run(scenario())
+    result = run_in_own_loop(scenario())
     # Of seq 0..14, five are multiples of 3 (lost); 5 and 10 arrive twice at both clients.
     assert (result["expected"], result["delivered"]) == (30, 20)
     assert (result["lost"], result["duplicated"]) == (10, 4)
@@ -67,9 +75,9 @@ def test_the_bench_counts_lost_and_duplicated_messages():
 )
 def test_the_bench_refuses_any_address_that_is_not_loopback(url):
     with pytest.raises(ValueError, match="loopback"):
-        asyncio.run(loadgen.run(url))
+        run_in_own_loop(loadgen.run(url))
 
 
 def test_the_bench_refuses_unbounded_runs():
     with pytest.raises(ValueError, match="at most"):
-        asyncio.run(loadgen.run("ws://127.0.0.1:9/", clients=loadgen.MAX_CLIENTS + 1))
+        run_in_own_loop(loadgen.run("ws://127.0.0.1:9/", clients=loadgen.MAX_CLIENTS + 1))
