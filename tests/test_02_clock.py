@@ -148,8 +148,9 @@ def test_closing_the_pages_ends_their_loops_and_threads(new_user, serve):
     for page, path in zip(pages, PAGES, strict=True):
         open_clock_page(page, server, path)
     expect(clocks_open(pages[-1])).to_have_text(str(len(pages)))
-    # Flask-Sock serves each socket with two threads: the handler's loop and a reader.
-    assert process.num_threads() >= baseline + 2 * len(pages)
+    # Flask-Sock serves each socket with two threads, the handler's loop and a reader, beside the
+    # main thread. (Not baseline + 2 per page: the baseline may include a passing thread.)
+    assert process.num_threads() >= 1 + 2 * len(pages)
     for page in pages:
         page.context.close()
     # "At most": the harness's start-up probe may still have held a thread when it was counted.
