@@ -13,6 +13,7 @@ vendor_02 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js \
 vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js
 vendor_04 := socket.io-client/dist/socket.io.min.js
 vendor_05 := socket.io-client/dist/socket.io.min.js
+vendor_06 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js
 
 step_dir = $(firstword $(wildcard steps/$(1)_*))
 step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$(firstword $(subst _, ,$(d)))))
