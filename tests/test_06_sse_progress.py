@@ -330,6 +330,33 @@ def test_a_post_from_the_page_itself_or_from_a_script_without_origin_is_accepted
 # --- in the browser ---
 
 
+def test_a_page_from_another_site_cannot_read_a_stream_and_its_post_is_refused(
+    new_context, job_server
+):
+    # localhost and 127.0.0.1 are two sites to a browser, though the same server here. (No
+    # OriginGuard: reaching another origin is what this page is for.)
+    page = new_context().new_page()
+    page.goto(f"http://localhost:{job_server.port}/")
+    job_url = start_job(job_server)
+    own_site = job_server.url
+    read, posted = page.evaluate(
+        """async ([stream, jobs]) => {
+          let read = "read";
+          try { await (await fetch(stream)).text(); } catch (error) { read = error.name; }
+          // A form on any site can post like this; the answer is opaque to the page.
+          const posted = await fetch(jobs, {method: "POST", mode: "no-cors"});
+          return [read, posted.type];
+        }""",
+        [f"{own_site}{job_url}/events", f"{own_site}/jobs"],
+    )
+    assert read == "TypeError"  # the browser withheld the answer: no Access-Control-Allow-Origin
+    assert posted == "opaque"
+    # The post did reach the server, with the other site's Origin, and was refused.
+    # (The request log is coloured, hence the \\S* around the request line.)
+    assert re.search(r'"\S*POST /jobs HTTP/1.1\S*" 403 ', job_server.output())
+    run_to_end(job_server, job_url)
+
+
 def log_items(card):
     return card.get_by_role("log").get_by_role("listitem")
 
