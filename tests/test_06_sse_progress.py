@@ -352,7 +352,7 @@ def test_a_page_from_another_site_cannot_read_a_stream_and_its_post_is_refused(
     assert read == "TypeError"  # the browser withheld the answer: no Access-Control-Allow-Origin
     assert posted == "opaque"
     # The post did reach the server, with the other site's Origin, and was refused.
-    # (The request log is coloured, hence the \\S* around the request line.)
+    # (The request log is coloured, hence the \S* around the request line.)
     assert re.search(r'"\S*POST /jobs HTTP/1.1\S*" 403 ', job_server.output())
     run_to_end(job_server, job_url)
 
