@@ -214,7 +214,10 @@ def test_an_unknown_job_is_404(job_server):
         ("-1", "must be the id of an event"),
         ("2.5", "must be the id of an event"),
         ("1" * 5000, "must be the id of an event"),
-        (STEPS + 2, f"Last-Event-ID {STEPS + 2} was never sent: the last is {STEPS + 1}."),
+        (
+            STEPS + 2,
+            f"Last-Event-ID {STEPS + 2} was never sent: this job has sent {STEPS + 1} events.",
+        ),
     ],
     ids=["letters", "negative", "fraction", "5000 digits", "beyond the last event"],
 )
@@ -233,7 +236,7 @@ def test_a_last_event_id_beyond_a_running_jobs_events_is_400(quiet_server):
     job_url = start_job(quiet_server)  # its first event is an hour away
     with EventStream(quiet_server, job_url, last_event_id=1) as stream:
         assert stream.response.status == 400
-        assert "the last is 0" in stream.response.read().decode()
+        assert "this job has sent 0 events" in stream.response.read().decode()
 
 
 def test_a_heartbeat_comment_comes_every_heartbeat_while_nothing_else_is_sent(quiet_server):

@@ -104,13 +104,15 @@ def job_page(job_id):
 def job_events(job_id):
     job = find_job(job_id)
     # The browser sends the id of the last event it received when it reconnects; none at first.
+    # (An empty one, which no browser sends, counts as none.)
     last_id = request.headers.get("Last-Event-ID") or "0"
     if not re.fullmatch(r"[0-9]{1,9}", last_id):
         return plain_text(400, "Last-Event-ID must be the id of an event: a whole number.")
     last_id = int(last_id)
     published, finished = job.published()
     if last_id > published:
-        return plain_text(400, f"Last-Event-ID {last_id} was never sent: the last is {published}.")
+        reason = f"Last-Event-ID {last_id} was never sent: this job has sent {published} events."
+        return plain_text(400, reason)
     if finished and last_id == published:
         return "", 204  # the client has it all: 204 tells an EventSource to stop reconnecting
     # X-Accel-Buffering: no asks a proxy such as nginx to pass each event on at once.
