@@ -14,6 +14,8 @@ vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js
 vendor_04 := socket.io-client/dist/socket.io.min.js
 vendor_05 := socket.io-client/dist/socket.io.min.js
 vendor_06 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js
+vendor_08 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js \
+	socket.io-client/dist/socket.io.min.js
 
 step_dir = $(firstword $(wildcard steps/$(1)_*))
 step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$(firstword $(subst _, ,$(d)))))
@@ -33,6 +35,37 @@ step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. mak
 
 step-05: $(VENV)/.runtime vendor-05 ## Serve step 05: two servers sharing Redis, on PORT and PORT+1
 	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,05)/run.py
+
+# Step 08: nginx in front of two app servers, from the step's Procfile, run by honcho. The ports
+# of the app servers and of a private Redis are free ones; nginx's are these.
+HTTPS_PORT ?= 8443
+HTTP_PORT ?= 8080
+REDIS_URL ?= redis://127.0.0.1:6379/0
+define NEED_08
+make installs nothing system-wide. Install them, then run make step-08 again:
+  Debian or Ubuntu:  sudo apt-get install nginx openssl redis-server
+  macOS (Homebrew):  brew install nginx openssl redis
+On Debian and Ubuntu the nginx package also starts a system-wide nginx on port 80, which
+step 08 does not use: sudo systemctl disable --now nginx stops it.
+endef
+export NEED_08
+
+step-08: $(VENV)/.runtime vendor-08 ## Serve step 08: nginx (HTTPS, HTTP/2) before two app servers
+	@cd $(call step_dir,08) && \
+	missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if $(CURDIR)/$(PY) -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).ping()' $(REDIS_URL) 2>/dev/null; \
+	then redis_url=$(REDIS_URL); processes="app1 app2 nginx"; \
+	else command -v redis-server >/dev/null || missing="$$missing redis-server"; processes=; fi; \
+	test -z "$$missing" || { echo "Step 08 runs real servers, and this machine lacks:$$missing" >&2; \
+		echo "$$NEED_08" >&2; exit 1; }; \
+	test -f instance/localhost.pem || { mkdir -p instance && openssl req -x509 -newkey rsa:2048 \
+		-nodes -days 365 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+		-keyout instance/localhost-key.pem -out instance/localhost.pem 2>/dev/null; }; \
+	set -- $$($(CURDIR)/$(PY) -c 'import socket; s = [socket.socket() for _ in "abc"]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))'); \
+	test -n "$$processes" || { redis_url=redis://127.0.0.1:$$3/0; echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; }; \
+	echo "Step 08: open https://localhost:$(HTTPS_PORT)/ and accept the self-signed certificate once. Ctrl-C stops everything."; \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) \
+	APP1_PORT=$$1 APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url honcho start $$processes
 
 test: $(VENV)/.test vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest

@@ -1,0 +1,181 @@
+"""Step 06's jobs, with their events in Redis, so that any app server can stream any job.
+
+Step 06 kept a job's events in the memory of the process that ran it. Behind nginx, the request
+for a job's stream may reach the other app server. Here a job writes each event to a Redis
+Stream, `job:<id>:events`, under the explicit id `N-0`: event N of the SSE stream is entry `N-0`
+in Redis. A stream that resumes after Last-Event-ID k reads from `k-0` on, with XREAD BLOCK,
+on whichever server it lands; the job itself runs on the server that started it.
+
+The contract is step 06's (see its README), for the signed-in user who started the job; a POST
+carries the form's csrf_token, as every POST of step 07 does, instead of step 06's Origin check.
+"""
+
+import os
+import re
+import secrets
+import threading
+import time
+
+import redis
+from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+from flask_login import current_user, login_required
+
+JOB_STEPS = int(os.environ.get("JOB_STEPS", "20"))
+JOB_STEP_SECONDS = float(os.environ.get("JOB_STEP_SECONDS", "0.5"))
+HEARTBEAT = float(os.environ.get("HEARTBEAT", "15"))  # seconds of silence before a comment line
+MAX_JOBS = int(os.environ.get("MAX_JOBS", "4"))  # jobs running at once on each app server
+KEEP_FINISHED = int(os.environ.get("KEEP_FINISHED", "3600"))  # seconds a finished job is kept
+# A running job renews its keys at every step; when the server running it stops, they expire
+# this many seconds after its last step, and its pages say that the job was lost.
+LOST_AFTER = JOB_STEP_SECONDS + 5
+RETRY_MS = 1000
+
+blueprint = Blueprint("jobs", __name__)
+# Its own connection pool: a stream waits in XREAD BLOCK for up to HEARTBEAT seconds.
+store = redis.Redis.from_url(
+    os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    socket_timeout=HEARTBEAT + 5,
+    socket_connect_timeout=1,
+    retry=None,
+    decode_responses=True,
+)
+running = set()  # the jobs this server runs now
+running_lock = threading.Lock()
+
+
+class Job:
+    """What a page needs to show a job's card; the events are in Redis."""
+
+    def __init__(self, job_id: str, steps: int):
+        self.id, self.steps = job_id, steps
+        self.info, self.events = f"job:{job_id}", f"job:{job_id}:events"
+
+
+@blueprint.get("/jobs")
+@login_required
+def jobs_page():
+    return render_template("jobs.html", jobs=[])
+
+
+@blueprint.post("/jobs")
+@login_required
+def start_job():
+    with running_lock:
+        if len(running) >= MAX_JOBS:
+            error = f"{MAX_JOBS} jobs are running, as many as this server runs at once."
+            return render_template("_error.html", error=f"{error} Try again when one is done."), 429
+        job = Job(secrets.token_hex(4), JOB_STEPS)
+        running.add(job.id)
+    with store.pipeline() as pipe:
+        pipe.hset(job.info, mapping={"owner": current_user.id, "steps": job.steps})
+        pipe.expire(job.info, int(LOST_AFTER) + 1)
+        pipe.execute()
+    threading.Thread(target=run, args=(job, current_app._get_current_object()), daemon=True).start()
+    card = render_template("_job.html", job=job) + render_template("_error.html", error=None)
+    return card, 201, {"Location": url_for("jobs.job_page", job_id=job.id)}
+
+
+@blueprint.get("/jobs/<job_id>")
+@login_required
+def job_page(job_id):
+    """The page with one job on it: open a job in another tab, or after a reload."""
+    return render_template("jobs.html", jobs=[find_job(job_id)])
+
+
+@blueprint.get("/jobs/<job_id>/events")
+@login_required
+def job_events(job_id):
+    job = find_job(job_id)
+    last_id = request.headers.get("Last-Event-ID") or "0"
+    if not re.fullmatch(r"[0-9]{1,9}", last_id):
+        return plain_text(400, "Last-Event-ID must be the id of an event: a whole number.")
+    last_id = int(last_id)
+    published, finished = last_event(job)
+    if last_id > published:
+        reason = f"Last-Event-ID {last_id} was never sent: this job has sent {published} events."
+        return plain_text(400, reason)
+    if finished and last_id == published:
+        return "", 204
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(stream(job, last_id), content_type="text/event-stream", headers=headers)
+
+
+@blueprint.errorhandler(redis.RedisError)
+def redis_is_away(error):
+    return plain_text(503, "Jobs live in Redis, which does not answer: try again in a moment.")
+
+
+def stream(job: Job, last_id: int):
+    """Yield the events after `last_id`, then each new one as it comes; end after `done`.
+
+    A greenlet waits in XREAD BLOCK for the next entry, or for HEARTBEAT seconds; the first look
+    does not wait, so the response starts at once.
+    """
+    wait = None
+    while True:
+        found = store.xread({job.events: f"{last_id}-0"}, block=wait)
+        entries = found[0][1] if found else []
+        if not entries and not store.exists(job.info):
+            return  # the job expired: its server stopped. The reconnect gets 404.
+        yield "".join(fields["event"] for _, fields in entries) or ": heartbeat\n\n"
+        if entries:
+            last_id = int(entries[-1][0].split("-")[0])
+            if entries[-1][1]["done"] == "1":
+                return
+        wait = int(HEARTBEAT * 1000)
+
+
+def run(job: Job, app) -> None:
+    """The simulated work, in its own greenlet: each step publishes an event, then `done`."""
+    try:
+        with app.app_context():
+            for step in range(1, job.steps + 1):
+                time.sleep(JOB_STEP_SECONDS)
+                publish(job, step, render_template("_step.html", job=job, step=step))
+        publish(job, job.steps + 1, "done", name="done")
+    except redis.RedisError as error:
+        app.logger.error("Job %s stopped: Redis does not answer (%s).", job.id, error)
+    finally:
+        with running_lock:
+            running.discard(job.id)
+
+
+def publish(job: Job, event_id: int, data: str, name: str | None = None) -> None:
+    """Add event `event_id` to the job's stream, and renew how long the job is kept."""
+    keep = KEEP_FINISHED if name == "done" else int(LOST_AFTER) + 1
+    with store.pipeline() as pipe:  # one transaction: an event never outlives its job's info
+        pipe.xadd(job.events, {"event": sse_event(event_id, data, name), "done": int(bool(name))},
+                  id=f"{event_id}-0")
+        pipe.expire(job.events, keep)
+        pipe.expire(job.info, keep)
+        pipe.execute()
+
+
+def last_event(job: Job) -> tuple[int, bool]:
+    """The id of the job's last event so far (0 for none), and whether it is `done`."""
+    entries = store.xrevrange(job.events, count=1)
+    if not entries:
+        return 0, False
+    entry_id, fields = entries[0]
+    return int(entry_id.split("-")[0]), fields["done"] == "1"
+
+
+def sse_event(event_id: int, data: str, name: str | None = None) -> str:
+    """One event in the text/event-stream format, with `retry:` in every event (see step 06)."""
+    fields = [f"retry: {RETRY_MS}", f"id: {event_id}"]
+    if name:
+        fields.append(f"event: {name}")
+    fields += [f"data: {line}" for line in re.split(r"\r\n|\r|\n", data)]
+    return "\n".join(fields) + "\n\n"
+
+
+def find_job(job_id: str) -> Job:
+    """The current user's job; 404 for a job that is unknown, gone, or someone else's."""
+    info = store.hgetall(f"job:{job_id}") if re.fullmatch(r"[0-9a-f]{8}", job_id) else {}
+    if not info or info["owner"] != str(current_user.id):
+        abort(plain_text(404, "No such job: it finished long ago, or its server stopped."))
+    return Job(job_id, int(info["steps"]))
+
+
+def plain_text(status: int, reason: str) -> Response:
+    return Response(reason + "\n", status, content_type="text/plain; charset=utf-8")
