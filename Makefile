@@ -22,7 +22,7 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
-.PHONY: help test test-fast lint lab bench bench-quick diff clean
+.PHONY: help test test-fast lint lab bench bench-quick diff clean tools-08
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
@@ -36,11 +36,15 @@ step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. mak
 step-05: $(VENV)/.runtime vendor-05 ## Serve step 05: two servers sharing Redis, on PORT and PORT+1
 	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,05)/run.py
 
-# Step 08: nginx in front of two app servers, from the step's Procfile, run by honcho. The ports
-# of the app servers and of a private Redis are free ones; nginx's are these.
+# Step 08: the step's Procfile, run by honcho: nginx on these ports, in front of two app servers
+# on free ports, and a private Redis on a free port unless one answers at REDIS_URL.
 HTTPS_PORT ?= 8443
 HTTP_PORT ?= 8080
 REDIS_URL ?= redis://127.0.0.1:6379/0
+redis_answers = $(CURDIR)/$(PY) -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).ping()' \
+	$(REDIS_URL) 2>/dev/null
+free_ports = $(CURDIR)/$(PY) -c 'import socket, sys; s = [socket.socket() for _ in sys.argv[1:]]; \
+	[x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))'
 define NEED_08
 make installs nothing system-wide. Install them, then run make step-08 again:
   Debian or Ubuntu:  sudo apt-get install nginx openssl redis-server
@@ -50,22 +54,29 @@ step 08 does not use: sudo systemctl disable --now nginx stops it.
 endef
 export NEED_08
 
-step-08: $(VENV)/.runtime vendor-08 ## Serve step 08: nginx (HTTPS, HTTP/2) before two app servers
-	@cd $(call step_dir,08) && \
-	missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
-	if $(CURDIR)/$(PY) -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).ping()' $(REDIS_URL) 2>/dev/null; \
-	then redis_url=$(REDIS_URL); processes="app1 app2 nginx"; \
-	else command -v redis-server >/dev/null || missing="$$missing redis-server"; processes=; fi; \
+step-08: $(VENV)/.runtime vendor-08 tools-08 $(call step_dir,08)/instance/localhost.pem ## Serve step 08: nginx (HTTPS, HTTP/2) before two app servers
+	@cd $(call step_dir,08) && set -- $$($(free_ports) app1 app2 redis) && \
+	if $(redis_answers); then redis_url=$(REDIS_URL) processes="app1 app2 nginx"; \
+	else redis_url=redis://127.0.0.1:$$3/0 processes=; \
+		echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; fi && \
+	echo "Step 08: open https://localhost:$(HTTPS_PORT)/ (accept the self-signed certificate once)." && \
+	echo "Ctrl-C stops everything." && \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) \
+		HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url \
+		honcho start $$processes
+
+tools-08: $(VENV)/.runtime
+	@missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	command -v redis-server >/dev/null || $(redis_answers) || missing="$$missing redis-server"; \
 	test -z "$$missing" || { echo "Step 08 runs real servers, and this machine lacks:$$missing" >&2; \
-		echo "$$NEED_08" >&2; exit 1; }; \
-	test -f instance/localhost.pem || { mkdir -p instance && openssl req -x509 -newkey rsa:2048 \
-		-nodes -days 365 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-		-keyout instance/localhost-key.pem -out instance/localhost.pem 2>/dev/null; }; \
-	set -- $$($(CURDIR)/$(PY) -c 'import socket; s = [socket.socket() for _ in "abc"]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))'); \
-	test -n "$$processes" || { redis_url=redis://127.0.0.1:$$3/0; echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; }; \
-	echo "Step 08: open https://localhost:$(HTTPS_PORT)/ and accept the self-signed certificate once. Ctrl-C stops everything."; \
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) \
-	APP1_PORT=$$1 APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url honcho start $$processes
+		echo "$$NEED_08" >&2; exit 1; }
+
+# A self-signed certificate for localhost, made once (openssl) in the folder the target names.
+%/localhost.pem:
+	@mkdir -p $(@D)
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=localhost \
+		-addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+		-keyout $(@D)/localhost-key.pem -out $@ 2>/dev/null
 
 test: $(VENV)/.test vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest

@@ -94,6 +94,10 @@ socketio = SocketIO(
     transports=["websocket"],
     ping_interval=PING_INTERVAL,
 )
+# Listen to Redis from the start: python-socketio subscribes at the first connection, and a page
+# that lands on a server just (re)started must not miss what the other server publishes.
+socketio.server.manager.initialize()
+socketio.server.manager_initialized = True
 # nginx says in X-Forwarded-For, -Proto and -Host who asked for what (one proxy: trust one
 # value of each). Outermost, so that Socket.IO's Origin check sees them too.
 app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
