@@ -1,8 +1,7 @@
-"""Step 03's chat with the obvious broadcast instead of hub.py: `for ws in clients: ws.send(...)`.
+"""Step 03's chat with the obvious broadcast, `for ws in clients: ws.send(...)`, for the bench.
 
-The same page, protocol, checks and templates as steps/03_chat/app.py; only the fan-out differs,
-so the bench can show what the hub is for. A client that stops reading blocks `ws.send()`, and
-with it the loop, the lock, and every other sender. Kept here, never in a step.
+Same page, protocol, checks and templates as steps/03_chat/app.py; only hub.py is replaced. A
+client that stops reading blocks `ws.send()`, and with it the loop, the lock and every sender.
 
 Run: HOST=127.0.0.1 PORT=5000 python bench/naive_loop.py
 """
