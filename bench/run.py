@@ -53,13 +53,13 @@ MODES = [
     ("04 Werkzeug (python app.py)", "04_socketio_broadcast", None),
     ("04 gunicorn gevent", "04_socketio_broadcast", gunicorn("gevent", "04_socketio_broadcast")),
 ]
-PLANS = {  # clients, messages at 10 a second, rounds
-    "full": {"clients": (10, 100, 500), "messages": 50, "rounds": 3},
-    "quick": {"clients": (10, 50), "messages": 10, "rounds": 1},
+PLANS = {  # clients, messages at 10 a second, rounds; messages and their rate with a frozen client
+    "full": {"clients": (10, 100, 500), "messages": 50, "rounds": 3, "frozen": (2500, 300)},
+    "quick": {"clients": (10, 50), "messages": 5, "rounds": 1, "frozen": (1500, 500)},
 }
-# The frozen client: 5 healthy clients and one that never reads, while 2500 messages of 500
+# The frozen client: 5 healthy clients and one that never reads, while messages of 500
 # characters (about 2.2 KB once step 03 has escaped them) overflow what the kernel buffers.
-FROZEN = {"clients": 5, "frozen": 1, "messages": 2500, "rate": 1000.0, "size": loadgen.MAX_CHARS}
+FROZEN = {"clients": 5, "frozen": 1, "size": loadgen.MAX_CHARS}
 
 
 def measure(mode: tuple, log_dir: Path, **scenario) -> dict:
@@ -91,12 +91,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     options = parser.parse_args()
     plan = PLANS["quick" if options.quick else "full"]
+    messages, rate = plan["frozen"]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))  # kept: the servers' own output
     memory = psutil.virtual_memory().total / 2**30
     run = {
         "plan": "quick" if options.quick else "full",
         **plan,
-        "frozen_scenario": FROZEN,
+        "frozen_scenario": {**FROZEN, "messages": messages, "rate": rate},
         "machine": f"{platform.machine()}, {psutil.cpu_count()} logical cores, {memory:.0f} GiB, "
         f"Python {platform.python_version()}",
         "started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -110,7 +111,7 @@ def main() -> None:
                 result = measure(mode, log_dir, clients=clients, messages=plan["messages"])
                 rows.append({"scenario": "load", "round": round_, **result})
             print(f"round {round_}: {mode[0]}, a frozen client", flush=True)
-            result = measure(mode, log_dir, **FROZEN)
+            result = measure(mode, log_dir, messages=messages, rate=rate, **FROZEN)
             rows.append({"scenario": "frozen", "round": round_, **result})
     run.update(seconds=round(time.monotonic() - started), load_average_after=os.getloadavg()[0])
     options.out.write_text(json.dumps({"run": run, "rows": rows}, indent=1) + "\n")
