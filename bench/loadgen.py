@@ -62,7 +62,12 @@ async def open_socket(url: str, protocol: str, **options):
 
 
 def cpu_seconds(process: psutil.Process) -> float:
-    return sum(process.cpu_times()[:2])  # user and system
+    """User and system CPU time, to the nanosecond where Linux has a CPU clock for the process
+    (psutil counts in 10 ms ticks: too coarse for 500 deliveries of a few µs each)."""
+    try:
+        return time.clock_gettime(~process.pid << 3 | 2)  # Linux's CPUCLOCK_SCHED of that pid
+    except (AttributeError, OSError):  # another system
+        return sum(process.cpu_times()[:2])
 
 
 class Group:

@@ -42,7 +42,7 @@ def test_every_client_receives_every_message_once_with_its_latency(
     assert (result["expected"], result["delivered"]) == (2000, 2000)
     assert (result["lost"], result["duplicates"], result["dropped"]) == (0, 0, 0)
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"] < 5000
-    assert result["cpu_us_per_delivery"] > 0  # 2000 deliveries take more than psutil's 10 ms tick
+    assert result["cpu_us_per_delivery"] > 0  # what the server spent while the messages flowed
     assert result["peak_rss_mb"] > 10  # a Python process with its libraries loaded
     assert result["peak_threads"] >= threads_per_page * scenario["clients"]
 
