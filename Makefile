@@ -96,11 +96,19 @@ lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that no
 lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experiment with each step
 	cd notebooks && ../$(VENV)/bin/jupyter lab
 
-bench: $(VENV)/.bench ## Measure steps 03 and 04 under load (5-10 min): bench/results.md and a plot
-	$(PY) bench/run.py
+bench: $(VENV)/.bench ## Measure steps 03 and 04 under load, 3 rounds (~15 min): bench/results.md
+	$(PY) bench/run.py --out bench/results.json
+	$(call bench_report,results,latency)
 
 bench-quick: $(VENV)/.bench ## A one-minute smoke run of the bench: bench/results-quick.md
-	$(PY) bench/run.py --quick
+	$(PY) bench/run.py --quick --out bench/results-quick.json
+	$(call bench_report,results-quick,latency-quick)
+
+# The bench's report: notebooks/bench.ipynb run on bench/$(1).json, written as bench/$(1).md with
+# its plot in bench/$(2).png.
+bench_report = BENCH_RESULTS=$(1).json $(VENV)/bin/jupyter nbconvert --execute --to markdown \
+	--no-input --output-dir bench --output $(1) --NbConvertApp.output_files_dir=. \
+	--ExtractOutputPreprocessor.output_filename_template='$(2){extension}' notebooks/bench.ipynb
 
 diff: ## Show what step B adds to step A, e.g. make diff A=01 B=02
 	@test -n "$(A)" -a -n "$(B)" || { echo "Usage: make diff A=01 B=02" >&2; exit 1; }

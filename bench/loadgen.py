@@ -1,33 +1,26 @@
-"""The load generator: N chat clients on loopback, one sender at a fixed rate, every delivery timed.
+"""The load generator: N chat clients on loopback, one of them sending at a fixed rate.
 
-Each message carries a run id, a sequence number and the sender's clock ("run=ab12 seq=17
-t=8123.456789"); every client parses them back out of what it receives, so the bench knows the
-latency of each delivery, and which messages were lost or arrived twice. Two protocols:
+Each message carries a run id, a sequence number and the time it was sent (`run=ab12 seq=17
+t=8123.456789`, on the clock all processes share); every client finds them in what it receives,
+so each delivery is timed and every loss or duplicate counted. The clients are lean: plain
+`websockets` frames, and for Socket.IO the Engine.IO v4 packets spoken directly (python-socketio's
+own client costs more CPU than the server it would measure). Past `per_process` clients the load
+is spread over several processes, and each reports the CPU it used.
 
-- "raw": step 03's JSON frames on a plain WebSocket (also the reference server's protocol);
-- "socketio": step 04's `send message` / `new message` events on Socket.IO.
-
-A "frozen" client opens the socket (after shrinking its receive buffer) and then never reads,
-like a browser tab on a stalled laptop: the server's buffers for it fill up, and the bench checks
-that the healthy clients lose nothing.
-
-Everything stays on loopback and is bounded: a non-loopback URL is refused, every wait has a
-timeout, and the number of clients and messages is capped.
-
-    python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 10 --messages 20
+    python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 100
+    python bench/loadgen.py ws://127.0.0.1:5000/ --protocol socketio --clients 500
 """
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import ipaddress
 import json
-import math
-import os
+import multiprocessing
 import re
 import secrets
 import socket
+import statistics
 import time
 from urllib.parse import urlsplit
 
@@ -35,225 +28,156 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-MAX_CLIENTS = 1000
-# Handshakes in flight at once. All 500 at the same instant overflow the listen backlog (128 in
-# Werkzeug, 100 in asyncio) and the kernel's SYN retry timer (1 s, then 3 s) would be measured.
+MAX_CLIENTS, MAX_MESSAGES, MAX_CHARS = 1000, 5000, 500  # the steps refuse longer messages
+# Handshakes in flight at once: 500 at the same instant overflow the listen backlog (128 in
+# Werkzeug, 100 in asyncio), and we would time the kernel's SYN retry (1 s, then 3 s).
 CONNECTING_AT_ONCE = 64
-MAX_MESSAGES = 5000
-MAX_CHARS = 500  # steps 03 and 04 refuse longer messages
-FILLER = '&<>"'  # escaped by the server to 4-5 characters each: large fragments
-STAMP = re.compile(r"run=(\w+) seq=(\d+) t=([\d.]+)")
+FILLER = '&<>"'  # escaped by step 03 to 4-5 characters each: large fragments
 
 
-def loopback_host(url: str) -> str:
-    """The URL's host if it is a loopback address; anything else is refused."""
+def loopback_only(url: str) -> None:
     host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return host
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return host
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return
     raise ValueError(f"the bench only targets loopback (127.0.0.0/8, ::1), not {host!r}")
 
 
-class Tally:
-    """What one run received: the latency of every first delivery, and the duplicates."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-        self.seen: list[set[int]] = []
-        self.latencies: list[float] = []
-        self.duplicates = 0
-        self.last_frame = time.perf_counter()
-        self.last_delivery = 0.0
-
-    def new_client(self) -> int:
-        self.seen.append(set())
-        return len(self.seen) - 1
-
-    def received(self, client: int, text: str) -> None:
-        now = time.perf_counter()
-        self.last_frame = now
-        for run_id, seq, sent in STAMP.findall(text):
-            if run_id != self.run_id:
-                continue  # an earlier run's message, replayed from the history
-            if int(seq) in self.seen[client]:
-                self.duplicates += 1
-            else:
-                self.seen[client].add(int(seq))
-                self.latencies.append(now - float(sent))
-                self.last_delivery = now
+async def open_socket(url: str, protocol: str, **options):
+    """A connected client; for Socket.IO, one that has joined the namespace "/"."""
+    if protocol == "socketio":
+        url = urlsplit(url)._replace(path="/socket.io/", query="EIO=4&transport=websocket").geturl()
+    async with asyncio.timeout(30):
+        # No compression: browsers ask for it, but a server that compresses every copy of a
+        # broadcast would be measuring zlib.
+        ws = await connect(url, compression=None, ping_interval=None, proxy=None, **options)
+        if protocol == "socketio":
+            await ws.recv()  # the open packet, 0{"sid": ...}
+            await ws.send("40")
+            # The connect handler's own events (presence, tick) come before the answer, 40{...}.
+            while not (answer := await ws.recv()).startswith("40"):
+                if answer.startswith("44"):
+                    raise ConnectionRefusedError(f"the server refused the client: {answer}")
+    return ws
 
 
-class RawClient:
-    """A chat client on a plain WebSocket: step 03 and the reference server."""
-
-    def __init__(self, url: str, tally: Tally):
-        self.url, self.tally = url, tally
-        self.index = tally.new_client()
-        self.dropped = False  # closed by the server before the end of the run
-
-    async def connect(self, timeout: float) -> None:
-        # No compression: the browser would ask for it, but a server that compresses every copy of
-        # a broadcast measures zlib rather than push; see bench/README.md.
-        self.ws = await connect(
-            self.url, open_timeout=timeout, compression=None, ping_interval=None, max_size=None
-        )
-        self.reader = asyncio.create_task(self.read())
-
-    async def read(self) -> None:
-        try:
-            async for frame in self.ws:
-                self.tally.received(self.index, frame)
-        except (OSError, ConnectionClosed):
-            pass
-        self.dropped = True  # the server closed us: what we missed is counted as lost
-
-    async def send(self, text: str) -> None:
-        await self.ws.send(json.dumps({"name": f"bench{self.index}", "chat_message": text}))
-
-    async def close(self) -> None:
-        self.reader.cancel()
-        await self.ws.close()
+def cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU time, to the nanosecond where Linux has a CPU clock for the process
+    (psutil counts in 10 ms ticks: too coarse for 500 deliveries of a few µs each)."""
+    try:
+        return time.clock_gettime(~process.pid << 3 | 2)  # Linux's CPUCLOCK_SCHED of that pid
+    except (AttributeError, OSError):  # another system
+        return sum(process.cpu_times()[:2])
 
 
-class SocketIOClient:
-    """A chat client on Socket.IO (WebSocket transport only): step 04."""
+class Group:
+    """The clients of one process and what they received: the latency of every first delivery,
+    the duplicates, and how many clients the server disconnected."""
 
-    def __init__(self, url: str, tally: Tally):
-        import logging
+    def __init__(self, url: str, protocol: str, count: int, run_id: str):
+        self.url, self.protocol, self.count = url, protocol, count
+        self.stamp = re.compile(rf"run={run_id} seq=(\d+) t=([\d.]+)")
+        self.sockets, self.readers, self.failures = [], [], []
+        self.latencies, self.duplicates, self.dropped = [], 0, 0
+        self.last_frame, self.closing = time.monotonic(), False
 
-        import socketio  # only the Socket.IO runs need python-socketio's client and aiohttp
+    async def join(self, barrier) -> None:
+        """Connect every client, let the join storm pass, then wait for the other processes."""
+        gate, started = asyncio.Semaphore(CONNECTING_AT_ONCE), time.monotonic()
 
-        # Its writer gives up after 30 s with nothing to send (a long connect phase) and logs an
-        # error per client; the bench counts what that costs as lost messages instead.
-        logging.getLogger("engineio.client").setLevel(logging.CRITICAL)
+        async def one():
+            try:
+                async with gate:
+                    ws = await open_socket(self.url, self.protocol, max_size=None)
+            except Exception as error:  # counted: its messages are lost
+                self.failures.append(repr(error))
+                return
+            self.sockets.append(ws)
+            self.readers.append(asyncio.create_task(self.read(ws)))
 
-        self.url, self.tally = url, tally
-        self.index = tally.new_client()
-        self.dropped = False
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.sio.on("new message", self.on_message)
-        self.sio.on("disconnect", self.on_disconnect)
+        await asyncio.gather(*(one() for _ in range(self.count)))
+        self.connect_s = time.monotonic() - started
+        # Every join announces the count to everyone: wait until 0.3 s pass without a frame.
+        while time.monotonic() - self.last_frame < 0.3 and time.monotonic() - started < 60:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(barrier.wait, 90)
+        self.cpu = cpu_seconds(psutil.Process())
 
-    async def on_disconnect(self, reason=None) -> None:
-        self.dropped = True
+    async def read(self, ws) -> None:
+        seen = set()
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in ws:
+                now = self.last_frame = time.monotonic()
+                if frame == "2":  # an Engine.IO ping: a client that does not answer is cut
+                    await ws.send("3")
+                for seq, sent in self.stamp.findall(frame):
+                    if seq in seen:
+                        self.duplicates += 1
+                    else:
+                        seen.add(seq)
+                        self.latencies.append(now - float(sent))
+        self.dropped += not self.closing  # what it misses from now on counts as lost
 
-    async def on_message(self, message) -> None:
-        self.tally.received(self.index, message["text"])
-
-    async def connect(self, timeout: float) -> None:
-        base = urlsplit(self.url)._replace(scheme="http", path="").geturl()
-        await self.sio.connect(base, transports=["websocket"], wait_timeout=timeout)
-
-    async def send(self, text: str) -> None:
-        if self.dropped:
-            raise ConnectionError("the server disconnected this Socket.IO client")
-        await self.sio.emit("send message", {"username": f"bench{self.index}", "data": text})
-
-    async def close(self) -> None:
-        self.sio.handlers["/"].pop("disconnect")  # leaving is not being dropped
-        await self.sio.disconnect()
-
-
-class FrozenClient:
-    """Opens the socket with a tiny receive buffer, then never reads again."""
-
-    def __init__(self, url: str, protocol: str):
-        self.parts = urlsplit(url)
-        self.protocol = protocol
-
-    async def connect(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.setblocking(False)
-        await asyncio.wait_for(
-            loop.sock_connect(self.sock, (self.parts.hostname, self.parts.port)), timeout
-        )
-        path = self.parts.path or "/"
-        if self.protocol == "socketio":
-            path = "/socket.io/?EIO=4&transport=websocket"
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.parts.netloc}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await loop.sock_sendall(self.sock, request.encode())
-        response = b""
-        while b"\r\n\r\n" not in response:
-            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), timeout)
-            if not chunk:
-                raise ConnectionError("the server closed the frozen client's handshake")
-            response += chunk
-        status = response.split(b"\r\n", 1)[0]
-        if b" 101 " not in status:
-            raise ConnectionError(f"no WebSocket upgrade for the frozen client: {status!r}")
-        if self.protocol == "socketio":
-            await loop.sock_sendall(self.sock, masked_text_frame(b"40"))  # join namespace "/"
-
-    def dropped_by_server(self) -> bool:
-        """Whether the server has closed this connection (reads what was buffered, briefly)."""
-        self.sock.setblocking(True)
-        self.sock.settimeout(0.2)
-        deadline = time.monotonic() + 2
-        try:
-            while time.monotonic() < deadline:
-                if not self.sock.recv(1 << 20):
-                    return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True  # reset
-        return False
+    async def received(self, messages: int, deadline: float) -> dict:
+        """Wait until every client has every message, or the deadline: the figures."""
+        while len(self.latencies) < messages * self.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        cpu = cpu_seconds(psutil.Process()) - self.cpu
+        figures = ("latencies", "duplicates", "dropped", "failures", "connect_s")
+        return {"cpu_s": cpu, **{name: getattr(self, name) for name in figures}}
 
     def close(self) -> None:
-        self.sock.close()
+        self.closing = True
+        for ws in self.sockets:
+            ws.transport.abort()  # no closing handshake: the server is stopped next anyway
 
 
-def masked_text_frame(payload: bytes) -> bytes:
-    """A client's WebSocket text frame (clients must mask), for payloads under 126 bytes."""
-    mask = os.urandom(4)
-    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+def helper(url, protocol, count, run_id, barrier, messages, seconds, results) -> None:
+    """One more load-generator process: its share of the clients, counted on its own."""
+
+    async def take_part():
+        group = Group(url, protocol, count, run_id)
+        await group.join(barrier)  # the sender starts now
+        results.put(await group.received(messages, time.monotonic() + seconds))
+        group.close()
+
+    asyncio.run(take_part())
 
 
-def server_tree(pid: int) -> list[psutil.Process]:
-    process = psutil.Process(pid)
-    return [process, *process.children(recursive=True)]
+async def frozen_client(url: str, protocol: str):
+    """A client that joins with a 4 KiB receive buffer and then never reads again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    parts = urlsplit(url)
+    await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
+    # max_queue=1: websockets stops reading from the socket as soon as one frame waits.
+    return await open_socket(url, protocol, sock=sock, max_queue=1, max_size=None)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for process in server_tree(pid):
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+async def dropped_by_server(ws) -> bool:
+    """Read what is left: a connection the server closed ends within a second."""
+    try:
+        async with asyncio.timeout(1):
+            async for _ in ws:
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionClosed:
+        pass
+    return True
 
 
-def tree_rss_bytes(pid: int) -> int:
-    total = 0
-    for process in server_tree(pid):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
-    return total
-
-
-def message_text(run_id: str, seq: int, size: int) -> str:
-    stamp = f"run={run_id} seq={seq} t={time.perf_counter():.6f} "
-    return stamp + (FILLER * MAX_CHARS)[: max(0, min(size, MAX_CHARS) - len(stamp))]
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+def server_usage(pid: int) -> tuple[float, float, int]:
+    """CPU seconds, resident MB and threads of a server and its children (gunicorn's)."""
+    cpu = rss = threads = 0
+    server = psutil.Process(pid)
+    for process in [server, *server.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess), process.oneshot():
+            cpu += cpu_seconds(process)
+            rss += process.memory_info().rss / 2**20
+            threads += process.num_threads()
+    return cpu, rss, threads
 
 
 async def run(
@@ -265,134 +189,112 @@ async def run(
     size: int = 0,
     frozen: int = 0,
     server_pid: int | None = None,
-    connect_timeout: float = 30.0,
+    per_process: int = 250,
     drain_timeout: float = 5.0,
 ) -> dict:
-    """Connect `clients` healthy clients (and `frozen` frozen ones), let the first one send
-    `messages` messages at `rate` per second, and return the figures of the run."""
-    loopback_host(url)
+    """Connect `clients` clients (and `frozen` frozen ones), let the first send `messages`
+    messages at `rate` per second, and return the figures of the run."""
+    loopback_only(url)
     if not 1 <= clients + frozen <= MAX_CLIENTS or not 1 <= messages <= MAX_MESSAGES:
         raise ValueError(f"at most {MAX_CLIENTS} clients and {MAX_MESSAGES} messages per run")
     if not 0 < rate <= 1000:
         raise ValueError("the rate must be between 0 and 1000 messages per second")
-    client_class = {"raw": RawClient, "socketio": SocketIOClient}[protocol]
-    tally = Tally(secrets.token_hex(4))
-    peak_rss = 0
-    sampling = True
+    run_id, processes = secrets.token_hex(4), -(-clients // per_process)
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    context = multiprocessing.get_context("spawn")  # never fork a process that has threads
+    barrier, results = context.Barrier(processes), context.Queue()
+    # A helper waits for the messages as long as the sender does: while sending, then the drain.
+    seconds = (messages - 1) / rate + drain_timeout
+    helpers = [
+        context.Process(
+            target=helper,
+            args=(url, protocol, share, run_id, barrier, messages, seconds, results),
+            daemon=True,
+        )
+        for share in shares[1:]
+    ]
+    group, stuck = Group(url, protocol, shares[0], run_id), []  # the sender: its first client
+    result = {"clients": clients, "frozen": frozen, "load_processes": processes}
+    peak = {"peak_rss_mb": 0, "peak_threads": 0}
 
-    async def sample_rss():
-        nonlocal peak_rss
-        while sampling and server_pid:
-            peak_rss = max(peak_rss, tree_rss_bytes(server_pid))
+    async def sample_server():
+        while True:
+            _, rss, threads = server_usage(server_pid)
+            peak.update(peak_rss_mb=max(peak["peak_rss_mb"], rss))
+            peak.update(peak_threads=max(peak["peak_threads"], threads))
             await asyncio.sleep(0.1)
 
-    sampler = asyncio.create_task(sample_rss())
-    healthy = [client_class(url, tally) for _ in range(clients)]
-    stuck = [FrozenClient(url, protocol) for _ in range(frozen)]
-    result = {"protocol": protocol, "clients": clients, "frozen": frozen, "rate": rate}
+    sampler = asyncio.create_task(sample_server()) if server_pid else None
     try:
-        # Everyone connects at once, as when a server restarts under a full room.
-        started = time.perf_counter()
-        gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
-
-        async def connect_one(client):
-            async with gate:
-                await client.connect(connect_timeout)
-
-        outcomes = await asyncio.gather(
-            *(connect_one(client) for client in healthy + stuck), return_exceptions=True
-        )
-        result["connect_s"] = time.perf_counter() - started
-        failures = [repr(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
-        result["connect_failures"] = len(failures)
-        if failures:
-            result["error"] = f"{len(failures)} clients did not connect, e.g. {failures[0]}"
-            return result
-
-        # Wait for the join storm (history, online counts) to pass before timing messages.
-        settle_deadline = time.perf_counter() + 15
-        while time.perf_counter() - tally.last_frame < 0.3:
-            if time.perf_counter() > settle_deadline:
-                break
-            await asyncio.sleep(0.05)
-
-        own_cpu = psutil.Process().cpu_times()
-        server_cpu = tree_cpu_seconds(server_pid) if server_pid else math.nan
-        first_send = time.perf_counter()
+        for process in helpers:
+            process.start()
+        for _ in range(frozen):
+            stuck.append(await frozen_client(url, protocol))
+        await group.join(barrier)
+        server_cpu, first_send = server_usage(server_pid)[0] if server_pid else 0, time.monotonic()
         for seq in range(messages):
-            await asyncio.sleep(max(0.0, first_send + seq / rate - time.perf_counter()))
+            await asyncio.sleep(max(0.0, first_send + seq / rate - time.monotonic()))
+            text = f"run={run_id} seq={seq} t={time.monotonic():.6f} "
+            text += (FILLER * MAX_CHARS)[: max(0, min(size, MAX_CHARS) - len(text))]
+            if protocol == "socketio":
+                frame = "42" + json.dumps(["send message", {"username": "bench", "data": text}])
+            else:
+                frame = json.dumps({"name": "bench", "chat_message": text})
             try:
-                await healthy[0].send(message_text(tally.run_id, seq, size))
-            except (ConnectionClosed, ConnectionError):
-                result["sender_dropped_after"] = seq  # the messages it could not send are lost
-                break
-        expected = messages * clients
-        deadline = time.perf_counter() + drain_timeout
-        while len(tally.latencies) < expected and time.perf_counter() < deadline:
-            await asyncio.sleep(0.02)
-        delivered = len(tally.latencies)
-        if server_pid:
-            result["cpu_us_per_delivery"] = (
-                (tree_cpu_seconds(server_pid) - server_cpu) / max(delivered, 1) * 1e6
-            )
-        elapsed = time.perf_counter() - first_send
-        used = psutil.Process().cpu_times()
-        result["loadgen_cpu_percent"] = (
-            100 * (used.user + used.system - own_cpu.user - own_cpu.system) / elapsed
+                await group.sockets[0].send(frame)
+            except ConnectionClosed:
+                break  # the server dropped the sender: what it could not send is lost
+        reports = [await group.received(messages, time.monotonic() + drain_timeout)]
+        reports += [await asyncio.to_thread(results.get, True, 60) for _ in helpers]
+        elapsed = time.monotonic() - first_send
+        latencies = sorted(1000 * latency for report in reports for latency in report["latencies"])
+        cuts = (
+            statistics.quantiles(latencies, n=100, method="inclusive")
+            if len(latencies) > 1
+            else [None] * 99
         )
-        ordered = sorted(tally.latencies)
         result.update(
-            sent=messages,
-            expected=expected,
-            delivered=delivered,
-            lost=expected - delivered,
-            duplicated=tally.duplicates,
-            dropped=sum(client.dropped for client in healthy),
-            deliveries_per_s=delivered / max(tally.last_delivery - first_send, 1e-9),
-            **{
-                f"{name}_ms": percentile(ordered, fraction) * 1000
-                for name, fraction in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1)]
-            },
+            {name: sum(report[name] for report in reports) for name in ("duplicates", "dropped")},
+            connect_s=max(report["connect_s"] for report in reports),
+            expected=messages * clients,
+            delivered=len(latencies),
+            lost=messages * clients - len(latencies),
+            p50_ms=cuts[49],
+            p99_ms=cuts[98],
+            max_ms=max(latencies, default=None),
+            # In % of one core: all the load generator's processes, and the busiest of them.
+            load_cpu_percent=100 * sum(report["cpu_s"] for report in reports) / elapsed,
+            busiest_load_cpu_percent=100 * max(report["cpu_s"] for report in reports) / elapsed,
         )
+        if failures := [failure for report in reports for failure in report["failures"]]:
+            result["error"] = f"{len(failures)} clients did not connect, e.g. {failures[0]}"
+        if server_pid:
+            result["server_cpu_s"] = server_usage(server_pid)[0] - server_cpu
+            result["cpu_us_per_delivery"] = 1e6 * result["server_cpu_s"] / max(1, len(latencies))
         if stuck:
-            result["frozen_dropped"] = sum(client.dropped_by_server() for client in stuck)
+            result["frozen_dropped"] = sum(await asyncio.gather(*map(dropped_by_server, stuck)))
         return result
     finally:
-        for client in stuck:
-            client.close()
-        await asyncio.gather(
-            *(asyncio.wait_for(client.close(), 5) for client in healthy),
-            return_exceptions=True,
-        )
-        sampling = False
-        await sampler
-        result["peak_rss_mb"] = peak_rss / 2**20 if server_pid else math.nan
+        barrier.abort()  # a helper still waiting for the others gives up
+        if sampler:
+            sampler.cancel()
+        group.close()
+        for ws in stuck:
+            ws.transport.abort()
+        for process in helpers:
+            process.kill()  # done already, or stuck after an error
+            process.join()
+        result.update(peak)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="ws://127.0.0.1:PORT/chatroom (loopback only)")
+    parser.add_argument("url", help="ws://127.0.0.1:PORT/chatroom (step 03), ws://127.0.0.1:PORT/")
     parser.add_argument("--protocol", choices=["raw", "socketio"], default="raw")
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--messages", type=int, default=20)
-    parser.add_argument("--rate", type=float, default=10.0, help="messages per second")
-    parser.add_argument("--size", type=int, default=0, help="characters per message (<= 500)")
-    parser.add_argument("--frozen", type=int, default=0, help="clients that never read")
-    parser.add_argument("--server-pid", type=int, help="measure this process tree's CPU and RSS")
-    options = parser.parse_args()
-    result = asyncio.run(
-        run(
-            options.url,
-            options.protocol,
-            options.clients,
-            options.messages,
-            options.rate,
-            options.size,
-            options.frozen,
-            options.server_pid,
-        )
-    )
-    print(json.dumps(result, indent=2))
+    for option in ("clients", "messages", "size", "frozen", "server-pid"):
+        parser.add_argument(f"--{option}", type=int, default=argparse.SUPPRESS)
+    options = vars(parser.parse_args())
+    print(json.dumps(asyncio.run(run(options.pop("url"), **options)), indent=1))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,11 @@ class StepServer:
     port, which is how the tests check that open pages survive a server restart.
     """
 
-    def __init__(self, step: str, log_dir: Path, **env):
+    def __init__(self, step: str, log_dir: Path, command: list[str] | None = None, **env):
         self.app = ROOT / "steps" / step / "app.py"
+        # Another server to run instead of `python app.py` (the bench's gunicorn, for example;
+        # `step` then names the log only), listening on HOST and PORT from its environment.
+        self.command = command or [sys.executable, str(self.app)]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -57,19 +60,19 @@ class StepServer:
         # Output goes to a file: a pipe that nobody reads fills up and freezes the server.
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(self.app)],
+                self.command,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         try:
-            wait_until(self._exited_or_accepts, f"{self.app} accepts connections", timeout)
+            wait_until(self._exited_or_accepts, f"{self.command[-1]} accepts connections", timeout)
         except AssertionError:
             self.stop()
             raise
         if self.process.poll() is not None:
-            raise RuntimeError(f"{self.app} exited at start; its output:\n{self.output()}")
+            raise RuntimeError(f"{self.command[-1]} exited at start; its output:\n{self.output()}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
