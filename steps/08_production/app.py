@@ -549,12 +549,12 @@ def forget_socket(user_id, sid):
 
 
 def sockets_of(user_id, login=None):
-    """The user's sockets on every server (of one login, if given). Without Redis: this one's."""
-    try:
-        logins = store.hgetall(f"sockets:{user_id}")
-    except redis.RedisError:
-        with state_lock:
-            logins = {sid: v.login for sid, v in online.items() if v.user_id == user_id}
+    """The user's sockets on this server and, as far as Redis knows, on the others (those of
+    one login, if given)."""
+    with state_lock:
+        logins = {sid: v.login for sid, v in online.items() if v.user_id == user_id}
+    with contextlib.suppress(redis.RedisError):
+        logins.update(store.hgetall(f"sockets:{user_id}"))
     return [sid for sid, their_login in logins.items() if login in (None, their_login)]
 
 

@@ -1,0 +1,175 @@
+"""Step 08's whole stack for the tests: the Procfile's processes, on free ports, as make runs them.
+
+`make step-08` runs every line of the Procfile under one honcho, which stops them all when one
+stops. A rolling restart stops one app server and starts it again, as systemd would on a real
+host, where each line is a service of its own: so here each line runs under a honcho of its own,
+with the environment make gives it. The certificate comes from make's own rule.
+"""
+
+import http.client
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import redis
+from harness import ROOT, free_port, wait_until
+
+STEP = ROOT / "steps" / "08_production"
+PROCESSES = ("redis", "app1", "app2", "nginx")  # in the order they start
+CHANNEL = "flask-socketio"  # where Flask-SocketIO publishes, and every app server listens
+PASSWORD = "correct horse"
+# The self-signed certificate is the point: the tests accept it, as a browser context does with
+# ignore_https_errors.
+UNVERIFIED = ssl._create_unverified_context()
+
+
+class Stack:
+    """Redis, two gunicorn app servers and nginx, in `folder`; https://localhost:PORT/."""
+
+    def __init__(self, folder: Path, **env):
+        self.folder = folder
+        self.instance = folder / "instance"
+        self.https_port, self.http_port = free_port(), free_port()
+        self.ports = {"redis": free_port(), "app1": free_port(), "app2": free_port()}
+        self.ports["nginx"] = self.https_port
+        self.url = f"https://localhost:{self.https_port}"
+        self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
+        self.database = self.instance / "chat.sqlite"
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "INSTANCE_PATH": str(self.instance),
+            "HTTPS_PORT": str(self.https_port),
+            "HTTP_PORT": str(self.http_port),
+            "APP1_PORT": str(self.ports["app1"]),
+            "APP2_PORT": str(self.ports["app2"]),
+            "REDIS_PORT": str(self.ports["redis"]),
+            "REDIS_URL": self.redis_url,
+            **{name: str(value) for name, value in env.items()},
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self):
+        certificate = self.instance / "localhost.pem"
+        subprocess.run(["make", "-s", str(certificate)], cwd=ROOT, check=True, timeout=60)
+        try:
+            for name in PROCESSES:
+                self.start(name)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        for name in reversed(PROCESSES):
+            self.stop(name)
+
+    def start(self, name: str, timeout: float = 30) -> None:
+        """Start one line of the Procfile and wait until it serves (an app server: until it also
+        listens to Redis)."""
+        with self.log(name).open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "honcho", "start", name],
+                cwd=STEP,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: self._exited(name) or accepts(self.ports[name]), f"{name} listens", timeout)
+        if self._exited(name):
+            raise RuntimeError(f"{name} stopped at start:\n{self.output(name)}")
+        if name.startswith("app"):
+            running = sum(app in self.processes for app in ("app1", "app2"))
+            wait_until(lambda: self.subscribers() >= running, f"{name} listens to Redis", timeout)
+
+    def stop(self, name: str, timeout: float = 30) -> float:
+        """Stop one line the way honcho and systemd do (SIGTERM to its processes), wait until it has
+        exited, and return how long that took in seconds."""
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)  # honcho passes it on to the process and its children
+        process.wait(timeout=timeout)
+        return time.monotonic() - started
+
+    def log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    def output(self, name: str) -> str:
+        return self.log(name).read_text(errors="replace")
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=10)
+
+    def subscribers(self) -> int:
+        try:
+            return self.redis().pubsub_numsub(CHANNEL)[0][1]
+        except redis.ConnectionError:
+            return 0
+
+    def _exited(self, name: str) -> bool:
+        return self.processes[name].poll() is not None
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Client:
+    """A signed-in user over plain HTTPS (HTTP/1.1, through nginx): forms with their CSRF token and
+    the Referer a browser sends, which Flask-WTF checks on HTTPS."""
+
+    def __init__(self, stack: Stack, name: str):
+        self.stack, self.name = stack, name
+        self.cookies: dict[str, str] = {}
+        response = self.post("/signup", "/signup", username=name, password=PASSWORD)
+        assert response.status == 302, response.read()
+
+    def connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(
+            "localhost", self.stack.https_port, context=UNVERIFIED, timeout=10
+        )
+
+    def request(self, method: str, path: str, body=None, headers=()):
+        connection = self.connection()
+        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        connection.request(method, path, body, {"Cookie": cookie, **dict(headers)})
+        response = connection.getresponse()
+        for header in response.headers.get_all("Set-Cookie") or ():
+            name, value = header.split(";")[0].split("=", 1)
+            self.cookies[name] = value
+        return response
+
+    def get(self, path: str, **headers):
+        return self.request("GET", path, headers=headers)
+
+    def post(self, path: str, form_page: str, **fields):
+        page = self.get(form_page).read().decode()
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+        token = token or re.search(r'name="csrf_token" value="([^"]+)"', page)
+        body = urlencode({"csrf_token": token[1], **fields})
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Referer": f"{self.stack.url}{form_page}",
+        }
+        return self.request("POST", path, body, headers)
+
+    def start_job(self) -> str:
+        """POST /jobs from the jobs page; the job's id."""
+        response = self.post("/jobs", "/jobs")
+        assert response.status == 201, response.read()
+        return urlsplit(response.headers["Location"]).path.rsplit("/", 1)[1]
