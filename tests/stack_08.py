@@ -68,6 +68,9 @@ class Stack:
         return self
 
     def __exit__(self, *exc_info):
+        for name in reversed(PROCESSES):  # nginx first, Redis last; all stop at once
+            if name in self.processes:
+                self.processes[name].send_signal(signal.SIGTERM)
         for name in reversed(PROCESSES):
             self.stop(name)
 
@@ -84,7 +87,9 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(lambda: self._exited(name) or accepts(self.ports[name]), f"{name} listens", timeout)
+        wait_until(
+            lambda: self._exited(name) or accepts(self.ports[name]), f"{name} listens", timeout
+        )
         if self._exited(name):
             raise RuntimeError(f"{name} stopped at start:\n{self.output(name)}")
         if name.startswith("app"):

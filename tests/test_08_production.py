@@ -5,6 +5,7 @@ Every request goes through nginx (stack_08.Stack starts the Procfile's processes
 Browser contexts accept the self-signed certificate, as a learner does once in the browser.
 """
 
+import contextlib
 import http.client
 import os
 import re
@@ -21,7 +22,7 @@ import psutil
 import pytest
 from harness import ROOT, free_port, no_reload, wait_until
 from playwright.sync_api import expect
-from stack_08 import PASSWORD, STEP, Client, Stack
+from stack_08 import PASSWORD, Client, Stack
 
 # The shared stack: a short nginx timeout (so the idle test is quick), pings and heartbeats
 # well inside it, and jobs that run longer than any test.
@@ -143,9 +144,7 @@ def user_name(page):
     return page.locator("header b").text_content()
 
 
-def test_pages_load_nothing_from_elsewhere_run_no_inline_code_and_cookies_are_secure(
-    page, stack
-):
+def test_pages_load_nothing_from_elsewhere_run_no_inline_code_and_cookies_are_secure(page, stack):
     violations = []
     page.on("console", lambda message: violations.append(message.text))
     responses = []
@@ -249,9 +248,7 @@ def http_1_1_browser(browser_type, browser_type_launch_args):
     browser.close()
 
 
-def test_over_http_1_1_a_seventh_page_gets_nothing_while_six_follow_a_job(
-    http_1_1_browser, stack
-):
+def test_over_http_1_1_a_seventh_page_gets_nothing_while_six_follow_a_job(http_1_1_browser, stack):
     context = http_1_1_browser.new_context(ignore_https_errors=True)
     first = context.new_page()
     sign_up(first, stack)
@@ -293,3 +290,154 @@ def test_signing_out_in_one_tab_closes_the_tab_on_the_other_server(page, stack):
     assert {server_of(first), server_of(second)} == {"app1", "app2"}
     first.get_by_role("button", name="Sign out").click()
     expect(second.locator("#status")).to_have_text("signed out", timeout=1_000)
+
+
+# --- stopping things ---
+
+
+def test_a_rolling_restart_loses_and_doubles_no_message(new_user, own_stack):
+    alice, bob = sign_up(new_user(), own_stack), sign_up(new_user(), own_stack)
+    assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
+    people, sent = [alice, bob], []
+
+    def say(page, what):
+        sent.append(f"{what}: {user_name(page)} says {len(sent)}")
+        send(page, sent[-1])
+
+    def back(page, victim):
+        return server_of(page) != victim and status_of(page) == "connected"
+
+    with ThreadPoolExecutor(1) as stopper:
+        for victim in (server_of(alice), server_of(bob)):
+            moving = [page for page in people if server_of(page) == victim]
+            staying = [page for page in people if page not in moving]
+            # Stopped gracefully (SIGTERM): it accepts nothing new, serves its sockets for
+            # gunicorn's graceful_timeout, then cuts them. Its pages reconnect through nginx,
+            # to the other server. Meanwhile the others keep chatting; what they say while a
+            # page is away reaches it after its reconnect, from the database.
+            stopping = stopper.submit(own_stack.stop, victim)
+            started = time.monotonic()
+            for page in moving:
+                say(page, f"{victim} stopping")
+            said_while_away = 0
+            while not (stopping.done() and all(back(page, victim) for page in moving)):
+                away = all(status_of(page) != "connected" for page in moving)
+                for page in staying:
+                    say(page, f"{victim} stopping")
+                    said_while_away += away
+            assert said_while_away, "nobody spoke while the pages were away"
+            print(
+                f"{victim} stopped in {stopping.result():.1f} s; its pages were back on the other "
+                f"server {time.monotonic() - started:.1f} s after the SIGTERM"
+            )
+            for page in people:
+                say(page, f"{victim} stopped")
+            own_stack.start(victim)
+            # Carol comes in now: least_conn puts her on the server just restarted, so that she
+            # is the one who stays while the other server stops.
+            if len(people) == 2:
+                people.append(sign_up(new_user(), own_stack))
+                assert server_of(people[-1]) == victim
+    # Every message once, in the order of its id, on every page and in the database; no page
+    # was reloaded.
+    assert [text for _, text in stored(own_stack)] == sent
+    for page in people:
+        expect(page.locator("section.room[data-room='general'] li")).to_have_count(len(sent))
+        assert shown(page) == stored(own_stack)
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
+def status_of(page):
+    return page.locator("#status").text_content()
+
+
+def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_again(
+    two_users, own_stack
+):
+    alice, bob = (sign_up(page, own_stack) for page in two_users)
+    assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
+    closed = [sockets_closed(page) for page in (alice, bob)]
+    send(alice, "before")
+    expect(bob.locator("section.room[data-room='general'] li span")).to_have_text(["before"])
+    with no_reload(alice), no_reload(bob):
+        own_stack.stop("redis")
+        # The sockets go to the app servers, not to Redis: both pages stay connected, and a
+        # message reaches the pages of its own server.
+        send(alice, "during")
+        expect(alice.locator("section.room[data-room='general'] li span")).to_have_text(
+            ["before", "during"]
+        )
+        back = time.monotonic()
+        own_stack.start("redis")  # an empty Redis: this one keeps nothing on disk
+        # Each app server's listener subscribes again after 1, 2, 4 ... s (python-socketio).
+        wait_until(lambda: own_stack.subscribers() == 2, "both servers listen again", 30)
+        print(f"cross-server delivery resumed {time.monotonic() - back:.1f} s after Redis")
+        send(bob, "after")
+        # What Alice sent during the outage never reached Bob's server (pub/sub keeps nothing).
+        for page, seen in ((alice, ["before", "during", "after"]), (bob, ["before", "after"])):
+            expect(page.locator("section.room[data-room='general'] li span")).to_have_text(seen)
+            expect(page.locator("#status")).to_have_text("connected")
+    assert closed == [[], []]
+
+
+# --- make step-08 ---
+
+
+def test_make_step_08_without_nginx_says_what_to_install_and_installs_nothing(tmp_path):
+    # A PATH with what make itself needs, and none of nginx, openssl, redis-server.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sh", "install", "mkdir", "env"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(
+        [shutil.which("make"), "-s", "step-08", f"REDIS_URL=redis://127.0.0.1:{free_port()}/0"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(tools)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "this machine lacks: nginx openssl redis-server" in done.stderr
+    assert "sudo apt-get install nginx openssl redis-server" in done.stderr
+    assert "brew install nginx openssl redis" in done.stderr
+
+
+def test_make_step_08_serves_https_with_http_2_and_ctrl_c_stops_everything(page, tmp_path):
+    https_port = free_port()
+    run = subprocess.Popen(
+        [
+            "make",
+            "-s",
+            "step-08",
+            f"HTTPS_PORT={https_port}",
+            f"HTTP_PORT={free_port()}",
+            f"REDIS_URL=redis://127.0.0.1:{free_port()}/0",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=(tmp_path / "make.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    output = lambda: (tmp_path / "make.log").read_text(errors="replace")  # noqa: E731
+    children = []
+    try:
+        wait_until(lambda: output().count("Booting worker") == 2, "two app servers start", 60)
+        assert f"open https://localhost:{https_port}/" in output()
+        assert "starting a private one" in output()
+        children = psutil.Process(run.pid).children(recursive=True)
+        assert {"redis-server", "gunicorn", "nginx"} <= {child.name() for child in children}
+        page.goto(f"https://localhost:{https_port}/")
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        protocol = page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        assert protocol == "h2"
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        run.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+        assert "Traceback" not in output()
+    finally:
+        for process in [run, *children]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()

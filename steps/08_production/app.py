@@ -40,7 +40,6 @@ from flask_socketio import (
     emit,
     join_room,
     leave_room,
-    rooms,
 )
 from flask_wtf.csrf import CSRFProtect
 from forms import MemberForm, RoomForm, SignInForm, SignUpForm
@@ -514,7 +513,9 @@ def send_presence():
         # greenlet, and that handler takes the lock.
         for room, names in everywhere.items():
             if room in joined or names != told.get(room):
-                socketio.emit("presence", {"room": room, "names": names}, to=room, ignore_queue=True)
+                socketio.emit(
+                    "presence", {"room": room, "names": names}, to=room, ignore_queue=True
+                )
         told = everywhere
 
 
@@ -526,11 +527,12 @@ def people_everywhere(here, left):
             for room in left:
                 pipe.delete(f"presence:{room}:{SERVER}")
             for room, names in here.items():
-                pipe.delete(f"presence:{room}:{SERVER}")
-                pipe.sadd(f"presence:{room}:{SERVER}", *names)
-                pipe.expire(f"presence:{room}:{SERVER}", PRESENCE_TTL)
+                key = f"presence:{room}:{SERVER}"
+                pipe.delete(key).sadd(key, *names).expire(key, PRESENCE_TTL)
             pipe.execute()
-            here = {room: store.sunion(list(store.scan_iter(f"presence:{room}:*"))) for room in here}
+            here = {
+                room: store.sunion(list(store.scan_iter(f"presence:{room}:*"))) for room in here
+            }
     except redis.RedisError:
         pass
     return {room: sorted(names, key=str.lower) for room, names in here.items()}

@@ -8,6 +8,7 @@ on whichever server it lands; the job itself runs on the server that started it.
 
 The contract is step 06's (see its README), for the signed-in user who started the job; a POST
 carries the form's csrf_token, as every POST of step 07 does, instead of step 06's Origin check.
+At most MAX_JOBS run at once on each server; a finished job is kept KEEP_FINISHED seconds.
 """
 
 import os
@@ -96,7 +97,9 @@ def job_events(job_id):
         return plain_text(400, reason)
     if finished and last_id == published:
         return "", 204
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    # No X-Accel-Buffering header (step 06 sent one for whatever proxy might come): nginx.conf
+    # turns buffering off for this location, and such a header would override it either way.
+    headers = {"Cache-Control": "no-cache"}
     return Response(stream(job, last_id), content_type="text/event-stream", headers=headers)
 
 
@@ -144,8 +147,11 @@ def publish(job: Job, event_id: int, data: str, name: str | None = None) -> None
     """Add event `event_id` to the job's stream, and renew how long the job is kept."""
     keep = KEEP_FINISHED if name == "done" else int(LOST_AFTER) + 1
     with store.pipeline() as pipe:  # one transaction: an event never outlives its job's info
-        pipe.xadd(job.events, {"event": sse_event(event_id, data, name), "done": int(bool(name))},
-                  id=f"{event_id}-0")
+        pipe.xadd(
+            job.events,
+            {"event": sse_event(event_id, data, name), "done": int(bool(name))},
+            id=f"{event_id}-0",
+        )
         pipe.expire(job.events, keep)
         pipe.expire(job.info, keep)
         pipe.execute()
