@@ -14,6 +14,7 @@ vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js
 vendor_04 := socket.io-client/dist/socket.io.min.js
 vendor_05 := socket.io-client/dist/socket.io.min.js
 vendor_06 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js
+vendor_07 := socket.io-client/dist/socket.io.min.js
 
 step_dir = $(firstword $(wildcard steps/$(1)_*))
 step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$(firstword $(subst _, ,$(d)))))
