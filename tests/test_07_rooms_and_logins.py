@@ -858,6 +858,18 @@ def test_page_whose_session_is_gone_says_sign_in_again(page, chat):
         )
 
 
+def test_page_with_twenty_rooms_joins_them_all(page, chat):
+    alice = sign_up(chat)
+    rooms = [create_room(chat, alice) for _ in range(20)]
+    page.context.add_cookies(
+        [{"name": "session", "value": alice.http.cookies["session"], "url": chat.url}]
+    )
+    page.goto(chat.url)
+    # Each room answers its join with a presence broadcast; all 22 list Alice.
+    expect(page.locator(".presence")).to_have_text([alice.name] * (len(rooms) + 2))
+    expect(page.get_by_role("alert")).to_have_text("")
+
+
 def test_page_script_is_a_file_of_its_own_origin(chat):
     page = sign_up(chat).http.get(f"{chat.url}/").text
     scripts = re.findall(r"<script\b[^>]*>", page)
