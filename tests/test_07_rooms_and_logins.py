@@ -113,6 +113,9 @@ def user_id(server, person):
 
 def test_signing_up_signs_you_in_and_the_chat_page_greets_you(chat):
     alice = sign_up(chat)
+    (cookie,) = [cookie for cookie in alice.http.cookies if cookie.name == "session"]
+    assert cookie.has_nonstandard_attr("HttpOnly")  # no script can read it
+    assert cookie.get_nonstandard_attr("SameSite") == "Lax"
     page = alice.http.get(f"{chat.url}/").text
     assert f"Signed in as <b>{alice.name}</b>" in page
     # Only a hash of the password is stored.
