@@ -233,13 +233,20 @@ def test_only_the_owner_manages_members_and_only_members_see_them(chat):
     assert post(bob.http, chat, remove_alice).status_code == 403
     assert post(alice.http, chat, remove_alice).status_code == 400  # the owner stays
     assert bob.http.get(members_page).status_code == 200
+    again = post(alice.http, chat, f"/rooms/{room}/members", username=bob.name)
+    assert again.status_code == 400
+    assert f"{bob.name} is already a member." in again.text
     members = rows(chat, "SELECT user_id FROM members WHERE room = ? ORDER BY user_id", room)
     assert members == sorted([(user_id(chat, alice),), (user_id(chat, bob),)])
 
 
 @pytest.mark.parametrize(
     ("username", "error"),
-    [("nobody-at-all", "There is no user called nobody-at-all."), ("", "Type a username.")],
+    [
+        ("nobody-at-all", "There is no user called nobody-at-all."),
+        ("", "Type a username."),
+        ("x" * 33, "A username has at most 32 characters."),
+    ],
 )
 def test_adding_someone_who_is_not_there_is_answered_on_the_form(chat, username, error):
     alice = sign_up(chat)
