@@ -877,8 +877,11 @@ def test_page_with_twenty_rooms_joins_them_all_even_over_long_polling(page, chat
     # takes at most 16 in one: the page joins its 22 rooms one after the other.
     page.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())
     page.goto(chat.url)
-    # Each room answers its join with a presence broadcast; all 22 list Alice.
-    expect(page.locator(".presence")).to_have_text([alice.name] * (len(rooms) + 2))
+    # Each room answers its join with a presence broadcast; all 22 list Alice. (One round trip
+    # per join over long-polling: seconds on a loaded machine.)
+    expect(page.locator(".presence")).to_have_text(
+        [alice.name] * (len(rooms) + 2), timeout=RECONNECT_TIMEOUT
+    )
     expect(page.get_by_role("alert")).to_have_text("")
 
 
