@@ -14,6 +14,7 @@ vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js
 vendor_04 := socket.io-client/dist/socket.io.min.js
 vendor_05 := socket.io-client/dist/socket.io.min.js
 vendor_06 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js
+vendor_07 := socket.io-client/dist/socket.io.min.js
 vendor_08 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js \
 	socket.io-client/dist/socket.io.min.js
 
