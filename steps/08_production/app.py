@@ -63,10 +63,11 @@ CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors '
 SIGN_IN_AGAIN = "You are not signed in: sign in again."
 NO_SUCH_ROOM = "There is no room by that name that you may enter."
 
-# The database and the key that signs session cookies live in Flask's instance folder
-# (steps/07_rooms_and_logins/instance/, or INSTANCE_PATH), created on first run.
-instance = os.environ.get("INSTANCE_PATH")
-app = Flask(__name__, instance_path=instance and os.path.abspath(instance))
+# The database and the key that signs session cookies live in an instance folder created on
+# first run: this step's instance/, or INSTANCE_PATH. (Flask's default for a script run as
+# `python app.py` would be instance/ in whatever directory it was started from.)
+instance = os.environ.get("INSTANCE_PATH") or os.path.join(os.path.dirname(__file__), "instance")
+app = Flask(__name__, instance_path=os.path.abspath(instance))
 os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
 app.config.update(
     DATABASE=os.path.join(app.instance_path, "chat.sqlite"),
@@ -343,7 +344,7 @@ def on_connect(auth):
     if not current_user.is_authenticated:
         raise ConnectionRefusedError(SIGN_IN_AGAIN)
     last_id = auth.get("last_id", 0) if isinstance(auth, dict) else 0
-    if type(last_id) is not int or last_id < 0:
+    if type(last_id) is not int or last_id < 0:  # type(): True is an int to isinstance
         raise ConnectionRefusedError("auth.last_id must be a whole number, 0 or more.")
     with state_lock:
         online[request.sid] = Visitor(

@@ -68,5 +68,10 @@ class RoomForm(FlaskForm):
 
 class MemberForm(FlaskForm):
     username = StringField(
-        "Username", filters=[strip], validators=[DataRequired("Type a username.")]
+        "Username",
+        filters=[strip],
+        validators=[
+            DataRequired("Type a username."),
+            Length(max=32, message="A username has at most 32 characters."),
+        ],
     )

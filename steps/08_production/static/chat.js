@@ -24,8 +24,10 @@ socket.on("connect", async () => {
   try {
     // One room at a time: each sends what the page missed, then answers. (All at once would
     // also put more than 16 packets in one long-polling request, more than the server takes.)
-    const answers = await Promise.all([...rooms.keys()].map((room) => socket.emitWithAck("join", { room })));
-    for (const answer of answers) if (answer.error) $("error").textContent = answer.error;
+    for (const room of rooms.keys()) {
+      const answer = await socket.emitWithAck("join", { room });
+      if (answer.error) $("error").textContent = `${room}: ${answer.error}`;
+    }
   } catch {
     return; // disconnected before every room answered: the next connect starts over
   }
