@@ -149,10 +149,12 @@ class Client:
             "localhost", self.stack.https_port, context=UNVERIFIED, timeout=10
         )
 
+    def cookie(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+
     def request(self, method: str, path: str, body=None, headers=()):
         connection = self.connection()
-        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-        connection.request(method, path, body, {"Cookie": cookie, **dict(headers)})
+        connection.request(method, path, body, {"Cookie": self.cookie(), **dict(headers)})
         response = connection.getresponse()
         for header in response.headers.get_all("Set-Cookie") or ():
             name, value = header.split(";")[0].split("=", 1)

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import psutil
 import pytest
@@ -37,6 +38,7 @@ SHARED = {
 }
 IDLE_SECONDS = 6  # three times the shared stack's proxy_read_timeout
 RECONNECT_TIMEOUT = 20_000  # ms: Socket.IO's backoff, plus a server start on a loaded machine
+LOST = "This job was lost: the server running it stopped before it finished. Start a new one."
 
 missing = [tool for tool in ("nginx", "openssl", "redis-server") if shutil.which(tool) is None]
 if missing:
@@ -62,7 +64,7 @@ def stack(tmp_path_factory):
 @pytest.fixture
 def own_stack(tmp_path):
     """A stack for one test that stops some of it."""
-    with Stack(tmp_path, SEND_RATE=0) as stack:
+    with Stack(tmp_path, SEND_RATE=0, HEARTBEAT=0.5) as stack:
         yield stack
 
 
@@ -210,6 +212,25 @@ def watch_events(stack, job, produced, count):
                 last = entry_id
 
 
+def test_either_app_server_streams_a_job_whichever_server_runs_it(stack):
+    user = Client(stack, unique("jobs"))
+    job = user.start_job()
+    streams = []
+    for app in ("app1", "app2"):  # straight to each app server, without nginx
+        connection = http.client.HTTPConnection("127.0.0.1", stack.ports[app], timeout=10)
+        connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie()})
+        response = connection.getresponse()
+        assert response.status == 200
+        text = ""
+        while text.count("\nid: ") < 3:
+            text += response.read1().decode()
+        connection.close()
+        # The same events, without the heartbeat a stream may begin with.
+        streams.append(re.sub(r"^: heartbeat\n\n", "", text, flags=re.MULTILINE).split("id: 4")[0])
+    assert re.findall(r"^id: (\d+)$", streams[0], re.MULTILINE)[:3] == ["1", "2", "3"]
+    assert streams[0] == streams[1]
+
+
 def start_job_in_page(page, stack):
     page.goto(f"{stack.url}/jobs")
     page.get_by_role("button", name="Start a job").click()
@@ -283,14 +304,54 @@ def test_an_idle_page_stays_connected_longer_than_nginx_read_timeout(page, stack
     assert server_of(page) == server
 
 
+def test_removing_a_member_takes_their_socket_on_the_other_server_out_of_the_room(two_users, stack):
+    alice, bob = (sign_up(page, stack) for page in two_users)
+    room = unique("room")
+    alice.get_by_label("Room name").fill(room)
+    alice.get_by_role("button", name="Create room").click()
+    members = alice.context.new_page()  # a page with no socket of its own
+    members.goto(f"{stack.url}/rooms/{room}/members")
+    members.get_by_label("Username").fill(user_name(bob))
+    members.get_by_role("button", name="Add member").click()
+    remove = members.locator(f"form:has(button[aria-label='Remove {user_name(bob)}'])")
+    bob.reload()  # his page now lists the room, and his socket joins it
+    for page in (alice, bob):
+        expect(page.locator("#status")).to_have_text("connected")
+    assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
+    post_to(stack, server_of(alice), members, remove.get_attribute("action"))
+    alice.get_by_role("link", name=room).click()
+    send(alice, "after Bob left")
+    alice.get_by_role("link", name="general").click()
+    send(alice, "to everyone")
+    # Both came from Alice's server in this order: once Bob has the second, the first would have
+    # come before it.
+    expect(bob.locator("section.room[data-room='general'] li span")).to_have_text(["to everyone"])
+    expect(bob.locator(f"section.room[data-room='{room}'] li")).to_have_count(0)
+
+
 def test_signing_out_in_one_tab_closes_the_tab_on_the_other_server(page, stack):
     first = sign_up(page, stack)
     second = page.context.new_page()
     second.goto(stack.url)
     expect(second.locator("#status")).to_have_text("connected")
     assert {server_of(first), server_of(second)} == {"app1", "app2"}
-    first.get_by_role("button", name="Sign out").click()
+    post_to(stack, server_of(first), first, "/logout")
     expect(second.locator("#status")).to_have_text("signed out", timeout=1_000)
+
+
+def post_to(stack, app, page, path):
+    """Submit a form of `page` as its Sign out or Remove button does, straight to one app
+    server: nginx could send it to either, and the test is about the one without the socket."""
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    (cookie,) = page.context.cookies()
+    connection = http.client.HTTPConnection("127.0.0.1", stack.ports[app], timeout=10)
+    body = urlencode({"csrf_token": token})
+    headers = {
+        "Cookie": f"{cookie['name']}={cookie['value']}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    connection.request("POST", path, body, headers)
+    assert connection.getresponse().status == 302  # done: back to a page
 
 
 # --- stopping things ---
@@ -350,6 +411,23 @@ def test_a_rolling_restart_loses_and_doubles_no_message(new_user, own_stack):
 
 def status_of(page):
     return page.locator("#status").text_content()
+
+
+def test_a_job_whose_server_stops_is_shown_as_lost(page, own_stack):
+    sign_up(page, own_stack)
+    start_job_in_page(page, own_stack)
+    card = page.locator("article.job")
+    expect(steps_shown(page).first).to_be_attached()
+    # nginx's log says which app server took the POST, and so runs the job.
+    (port,) = re.findall(
+        r'"POST /jobs HTTP/2.0" 201 HTTP/2.0 -> 127.0.0.1:(\d+)', own_stack.output("nginx")
+    )
+    runner = next(app for app in ("app1", "app2") if own_stack.ports[app] == int(port))
+    own_stack.stop(runner)
+    # Its keys expire a few seconds after its last step; the stream then ends, and the
+    # reconnect gets 404.
+    expect(card.get_by_role("alert")).to_have_text(LOST, timeout=RECONNECT_TIMEOUT)
+    expect(card.get_by_role("status")).not_to_have_text("Done")
 
 
 def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_again(
