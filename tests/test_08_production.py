@@ -403,6 +403,7 @@ def test_a_rolling_restart_loses_and_doubles_no_message(new_user, own_stack):
     # Every message once, in the order of its id, on every page and in the database; no page
     # was reloaded.
     assert [text for _, text in stored(own_stack)] == sent
+    print(f"{len(sent)} messages, each shown once on each of {len(people)} pages")
     for page in people:
         expect(page.locator("section.room[data-room='general'] li")).to_have_count(len(sent))
         assert shown(page) == stored(own_stack)
