@@ -16,7 +16,7 @@ import threading
 import time
 
 from playwright.sync_api import expect
-from simple_websocket import Client
+from websockets.sync.client import connect
 
 # --- in the browser ---
 
@@ -119,26 +119,24 @@ class SocketIOByHand:
 
     `0{...}` opens, `40` joins the main namespace, `42["event", data]` is an event, `42N[...]`
     asks for acknowledgement N, which comes back as `43N[...]`; the server pings with `2`, and
-    this client answers `3` while it reads. simple-websocket's client, because Werkzeug keeps the
-    TCP connection open after the close handshake and this client does not wait for it.
+    this client answers `3` while it reads. (websockets' client, with a short close_timeout since
+    Werkzeug keeps the TCP connection open after the close handshake. Not simple-websocket's
+    1.1: when the open packet arrives with the handshake's response, it leaves the packet
+    unread until more data comes, here the first ping, 25 s later.)
     """
 
-    def __init__(self, server, join=True):
-        self.ws = Client.connect(engine_io_url(server))  # no Origin header, like most scripts
+    def __init__(self, server):
+        # No Origin header, like most scripts.
+        self.ws = connect(engine_io_url(server), compression=None, close_timeout=0.1, legacy=True)
         self.opened = self.receive()  # the open packet: 0{"sid":...}
-        self.before_join = []
-        if join:
-            self.ws.send("40")
-            self.before_join = self.receive_until("40")
+        self.ws.send("40")  # join the main namespace
+        self.before_join = self.receive_until("40")
 
     def receive(self, timeout=5):
         """The next packet other than a ping (which it answers)."""
-        while True:
-            packet = self.ws.receive(timeout=timeout)
-            assert packet is not None, f"no packet within {timeout} s"
-            if packet != "2":
-                return packet
+        while (packet := self.ws.recv(timeout=timeout)) == "2":
             self.ws.send("3")
+        return packet
 
     def receive_until(self, prefix, timeout=5):
         """Packets up to the first that starts with `prefix`, that one last."""
