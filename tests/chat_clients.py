@@ -102,6 +102,9 @@ def next_alert(ws, timeout=5):
 # --- steps 04 and 05 on the wire ---
 
 
+ACK = re.compile(r"43(\d+)\[")
+
+
 def engine_io_url(server):
     return f"{server.ws_url}/socket.io/?EIO=4&transport=websocket"
 
@@ -157,9 +160,17 @@ class SocketIOByHand:
     def say(self, text, name="bench", ack=None):
         self.emit("send message", {"data": text, "username": name}, ack)
 
-    def answer(self, ack, timeout=5):
-        """The acknowledgement `ack`: what the handler returned."""
-        return json.loads(self.receive_until(f"43{ack}[", timeout)[-1][len(f"43{ack}") :])[0]
+    def answers(self, count, timeout=5):
+        """The next `count` acknowledgements, {ack id: what the handler returned}.
+
+        They come in the order the handlers finish, and python-socketio runs each event's handler
+        in a thread of its own.
+        """
+        found = {}
+        while len(found) < count:
+            if acked := ACK.match(packet := self.receive(timeout)):
+                found[int(acked[1])] = json.loads(packet[acked.end() - 1 :])[0]
+        return found
 
     def close(self):
         self.ws.close()

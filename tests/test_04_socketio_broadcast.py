@@ -284,7 +284,7 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(by_hand):
     for n in range(5000):
         flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
     flooder.say("one more", ack=1)
-    assert flooder.answer(1) == {"error": TOO_FAST}
+    assert flooder.answers(1) == {1: {"error": TOO_FAST}}
     probe_sent = time.monotonic()
     prober.say("probe")
     while flooder.next_event("new message")["text"] != "probe":  # still in the room
