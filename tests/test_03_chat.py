@@ -385,6 +385,21 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(chat_server):
         assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
 
 
+def test_after_a_pause_a_limited_sender_is_heard_again_and_its_alert_clears(serve):
+    server = serve(STEP, SEND_BURST=1, SEND_RATE=10)  # one in a row, then one every 0.1 s
+    with connect(chatroom(server)) as alice:
+        alice.send(chat_frame("one"))
+        assert texts(next_messages(alice)) == ["one"]
+        alice.send(chat_frame("two"))
+        assert next_alert(alice) == (
+            "Slow down: at most 1 messages in a row, then 10 a second. That one was not sent."
+        )
+        time.sleep(0.2)  # the bucket refills with time: let some pass
+        alice.send(chat_frame("three"))
+        assert next_alert(alice) == ""  # the alert is cleared, then the message broadcast
+        assert texts(next_messages(alice)) == ["three"]
+
+
 def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_1013(serve):
     # QUEUE well above the bursts of 10 below; DROP_GRACE longer than the test, which reads the
     # frozen client again at the end (the next test never does).

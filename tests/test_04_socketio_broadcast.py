@@ -300,6 +300,27 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(by_hand):
         assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
 
 
+def test_after_a_pause_a_limited_sender_is_heard_again(tmp_path):
+    # One in a row, then one every 0.1 s.
+    with StepServer(STEP, tmp_path, SEND_BURST=1, SEND_RATE=10) as server:
+        alice = SocketIOByHand(server)
+        try:
+            alice.say("one", ack=1)
+            assert alice.answers(1) == {1: {"ok": True}}
+            alice.say("two", ack=2)
+            assert alice.answers(1) == {
+                2: {
+                    "error": "Slow down: at most 1 messages in a row, then 10 a second. "
+                    "That one was not sent."
+                }
+            }
+            time.sleep(0.2)  # the bucket refills with time: let some pass
+            alice.say("three", ack=3)
+            assert alice.answers(1) == {3: {"ok": True}}
+        finally:
+            alice.close()
+
+
 def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounded(tmp_path):
     """A frozen client, and a sender whose every message is 6 kB on the wire: 10 MB in all.
 
