@@ -128,10 +128,10 @@ def test_bad_input_is_answered_to_the_sender_only_and_nothing_is_broadcast(
     connect_client, payload, error
 ):
     alice, bob = connect_client(), connect_client()
-    alice.get_received(), bob.get_received()  # forget the presence events of the connections
     assert alice.emit("send message", payload, callback=True) == {"error": error}
     assert events(alice, "new message") == []
-    assert [event["name"] for event in bob.get_received() if event["name"] != "tick"] == []
+    # Bob may be sent the clock and the count meanwhile, but nothing else.
+    assert {event["name"] for event in bob.get_received()} <= {"tick", "presence"}
 
 
 def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broadcast(
