@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 NODE_STAMP := node_modules/.package-lock.json
 
 # The front-end files each step serves from its own static/vendor/ (paths inside node_modules/).
-vendor_02 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js \
-	htmx2/dist/htmx.min.js htmx-ext-ws/dist/ws.js htmx1/dist/htmx.min.js
-vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.js
+vendor_02 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.min.js \
+	htmx2/dist/htmx.min.js htmx-ext-ws/dist/ws.min.js htmx1/dist/htmx.min.js
+vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.min.js
 vendor_04 := socket.io-client/dist/socket.io.min.js
 vendor_05 := socket.io-client/dist/socket.io.min.js
 vendor_06 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js
@@ -23,11 +23,11 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
-.PHONY: help test test-fast lint lab bench bench-quick diff clean tools-08
+.PHONY: help test test-fast lint lab bench bench-quick diff diff-all clean vendor tools-08
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
-	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/; s/%/NN/' | expand -t 20
+	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/; s/%/NN/' | expand -t 20
 
 step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. make step-01
 	@test -n "$(call step_dir,$*)" || { echo "There is no step $* in steps/." >&2; exit 1; }
@@ -111,10 +111,16 @@ bench_report = BENCH_RESULTS=$(1).json $(VENV)/bin/jupyter nbconvert --execute -
 	--no-input --output-dir bench --output $(1) --NbConvertApp.output_files_dir=. \
 	--ExtractOutputPreprocessor.output_filename_template='$(2){extension}' notebooks/bench.ipynb
 
-diff: ## Show what step B adds to step A, e.g. make diff A=01 B=02
-	@test -n "$(A)" -a -n "$(B)" || { echo "Usage: make diff A=01 B=02" >&2; exit 1; }
-	@diff -ruN --exclude=vendor --exclude=__pycache__ $(call step_dir,$(A)) $(call step_dir,$(B)); \
-		test $$? -le 1
+# `make diff` leaves out READMEs and style sheets: the lesson is in the code and the templates.
+step_diff = test -n "$(A)" -a -n "$(B)" || { echo "Usage: make $@ A=01 B=02" >&2; exit 1; }; \
+	diff -ruN --exclude=vendor --exclude=__pycache__ $(1) $(call step_dir,$(A)) $(call step_dir,$(B)); \
+	test $$? -le 1
+
+diff: ## Show the code and templates step B changes from step A, e.g. make diff A=01 B=02
+	@$(call step_diff,--exclude=README.md '--exclude=*.css')
+
+diff-all: ## The same diff with READMEs and style sheets, e.g. make diff-all A=01 B=02
+	@$(call step_diff,)
 
 clean: ## Remove the virtual environment, node_modules and copied front-end files
 	rm -rf $(VENV) node_modules steps/*/static/vendor .pytest_cache .ruff_cache
@@ -138,9 +144,9 @@ $(NODE_STAMP): package.json package-lock.json
 	@touch $@
 
 # Copying a handful of files is cheap, so it runs every time and never goes stale.
-vendor-%: $(NODE_STAMP)
+vendor-%: $(NODE_STAMP) ## Copy step NN's front-end files from node_modules into its static/vendor/
 	@for file in $(vendor_$*); do \
 		install -D -m 644 node_modules/$$file $(call step_dir,$*)/static/vendor/$$file || exit 1; \
 	done
 
-vendor: $(addprefix vendor-,$(step_numbers))
+vendor: $(addprefix vendor-,$(step_numbers)) ## Copy every step's front-end files

@@ -15,11 +15,12 @@ from websockets.sync.client import connect
 INTERVAL = 0.2  # CLOCK_INTERVAL for the shared server: a tick five times a second
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 A_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
-# Each page, the htmx major version it loads, and the files it is allowed to load from vendor/.
+# Each page, the htmx major version it loads, the files it is allowed to load from vendor/, and
+# the bytes of JavaScript they add up to (the table in the step's README.md).
 PAGES = {
-    "/": ("4", ["htmx.org/dist/htmx.min.js", "htmx.org/dist/ext/hx-ws.js"]),
-    "/htmx2": ("2", ["htmx2/dist/htmx.min.js", "htmx-ext-ws/dist/ws.js"]),
-    "/htmx1": ("1", ["htmx1/dist/htmx.min.js"]),
+    "/": ("4", ["htmx.org/dist/htmx.min.js", "htmx.org/dist/ext/hx-ws.min.js"], 45_963),
+    "/htmx2": ("2", ["htmx2/dist/htmx.min.js", "htmx-ext-ws/dist/ws.min.js"], 57_326),
+    "/htmx1": ("1", ["htmx1/dist/htmx.min.js"], 48_101),
 }
 RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus the library's backoff
 
@@ -119,13 +120,26 @@ def test_clock_shows_a_pushed_time_within_a_second_then_ticks_without_reload(
 
 @pytest.mark.parametrize("path", PAGES)
 def test_each_page_loads_only_its_own_htmx_generation(page, clock_server, path):
-    major, vendor_files = PAGES[path]
+    major, vendor_files, _ = PAGES[path]
     loaded = []
     page.on("request", lambda request: loaded.append(request.url))
     open_clock_page(page, clock_server, path)
     assert page.evaluate("htmx.version").split(".")[0] == major
     vendor = f"{clock_server.url}/static/vendor/"
     assert [url.removeprefix(vendor) for url in loaded if url.startswith(vendor)] == vendor_files
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_each_page_downloads_the_javascript_the_readme_states(page, clock_server, path):
+    """The measurement behind the README's table: bytes of script bodies the browser received."""
+    *_, javascript_bytes = PAGES[path]
+    open_clock_page(page, clock_server, path)
+    downloaded = page.evaluate("""
+        performance.getEntriesByType("resource")
+          .filter((entry) => entry.initiatorType === "script")
+          .reduce((sum, entry) => sum + entry.encodedBodySize, 0)
+    """)
+    assert downloaded == javascript_bytes, "the scripts changed: update the table in README.md"
 
 
 def test_clocks_open_counts_every_page_and_drops_when_one_leaves(two_users, serve):
@@ -160,7 +174,7 @@ def test_closing_the_pages_ends_their_loops_and_threads(new_user, serve):
     )
 
 
-def test_htmx4_ignores_the_articles_htmx1_attribute_and_never_ticks(new_user, clock_server):
+def test_htmx4_ignores_the_htmx1_attribute_and_never_ticks(new_user, clock_server):
     mismatched = new_user()
     sockets = []
     mismatched.on("websocket", lambda ws: sockets.append(ws.url))

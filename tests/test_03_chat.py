@@ -1,29 +1,45 @@
-"""Step 03: the chat room, with hostile input, cross-site pages, frozen clients and restarts."""
+"""Step 03: the chat room under hostile input, other sites, floods, frozen clients, restarts."""
 
-import html
 import json
 import re
-import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import psutil
 import pytest
-from harness import no_reload, wait_until
+from chat_clients import (
+    ONLINE,
+    Listener,
+    chat_frame,
+    frames_to_fill_the_kernel_buffers,
+    message_texts,
+    messages,
+    messages_in,
+    next_alert,
+    next_messages,
+    online_count,
+    online_counts,
+    open_chat,
+    say,
+    texts,
+    tiny_buffer_socket,
+)
+from harness import StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from simple_websocket import Client, ConnectionClosed
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
+STEP = "03_chat"
 MAX_MESSAGE_BYTES = 64 * 1024
+SEND_BURST = 10  # the step's defaults
+SEND_RATE = 5
+PRESENCE_DELAY = 0.2
+TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
 RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus htmx's reconnect backoff
 XSS = "<img src=x onerror=alert(1)>"
-# One message as the server renders it (templates/_message.html); the bench parses the same.
-MESSAGE = re.compile(
-    r'<li class="message"><b>(.*?)</b> <time [^>]*>[^<]*</time> <span>(.*?)</span>'
-)
-ONLINE = re.compile(r'<output id="online"[^>]*>(\d+)</output>')
-ALERT = re.compile(r'<p id="error" role="alert"[^>]*>(.*?)</p>')
 # Frames a page could never send, and forms a user can fill in badly, with what the sender reads.
 BAD_FRAMES = {
     "not JSON": ("hello", "the frame is not JSON"),
@@ -40,81 +56,51 @@ BAD_FRAMES = {
 }
 
 
-def chat_frame(text, name="bench"):
-    """The JSON frame htmx sends for the form (with fewer headers)."""
-    return json.dumps({"name": name, "chat_message": text, "headers": {"HX-Request": "true"}})
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    """One server for the tests that neither count people nor need history: HISTORY=0."""
+    with StepServer(STEP, tmp_path_factory.mktemp("logs"), HISTORY=0) as server:
+        yield server
 
 
-def messages_in(frame):
-    """The (name, text) of every message fragment in one frame, as the page would show them."""
-    return [(html.unescape(name), html.unescape(text)) for name, text in MESSAGE.findall(frame)]
-
-
-def next_messages(ws, timeout=5):
-    """Wait for the next frame that carries messages (skipping #online updates)."""
-    while True:
-        found = messages_in(ws.recv(timeout=timeout))
-        if found:
-            return found
-
-
-def texts(messages):
-    return [text for _name, text in messages]
-
-
-def open_chat(page, server, online, name=None):
-    """Open the chat and wait until the server counts this page among the `online` people."""
-    page.goto(server.url)
-    expect(page.locator("#online")).to_have_text(str(online))
-    if name:
-        page.get_by_label("Name").fill(name)
-
-
-def say(page, text):
-    page.get_by_label("Message").fill(text)
-    page.get_by_role("button", name="Send").click()
-
-
-def message_list(page):
-    return page.get_by_role("log").get_by_role("listitem")
+def chatroom(server):
+    return f"{server.ws_url}/chatroom"
 
 
 # --- in the browser: two users ---
 
 
 def test_message_from_alice_appears_for_alice_and_bob_without_reload(two_users, serve):
-    server = serve("03_chat")
+    server = serve(STEP)
     alice, bob = two_users
-    open_chat(alice, server, 1, name="Alice")
-    open_chat(bob, server, 2, name="Bob")
+    open_chat(alice, server, "Alice", online=1)
+    open_chat(bob, server, "Bob", online=2)
     with no_reload(alice), no_reload(bob):
         say(alice, "Hello, Bob!")
         for page in (alice, bob):
-            expect(message_list(page)).to_have_count(1)
-            expect(message_list(page)).to_contain_text(["Alice"])
-            expect(message_list(page)).to_contain_text(["Hello, Bob!"])
+            expect(messages(page)).to_have_text([re.compile(r"^Alice \d\d:\d\d Hello, Bob!$")])
     expect(alice.get_by_label("Message")).to_have_value("")
     expect(alice.get_by_label("Name")).to_have_value("Alice")
 
 
 def test_html_in_a_message_shows_as_text_and_nothing_runs(two_users, serve):
-    server = serve("03_chat")
+    server = serve(STEP)
     alice, bob = two_users
     dialogs = []
     for online, page in enumerate((alice, bob), start=1):
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        open_chat(page, server, online)
+        open_chat(page, server, online=online)
     say(alice, XSS)
     say(alice, "after the trap")  # the image, had it been HTML, errors long before this arrives
     for page in (alice, bob):
-        expect(message_list(page)).to_have_count(2)
-        expect(message_list(page).first).to_contain_text(XSS)
+        expect(messages(page)).to_have_count(2)
+        expect(messages(page).first).to_contain_text(XSS)
         expect(page.get_by_role("log").locator("img")).to_have_count(0)
     assert dialogs == []
 
 
 def test_each_bad_input_shows_its_alert_to_alice_only_and_nothing_to_bob(two_users, serve):
-    server = serve("03_chat")
+    server = serve(STEP)
     alice, bob = two_users
     # A page only sends well-formed frames, so two broken ones are forged on their way: when Alice
     # types "[not JSON]" or "[no chat_message]", the server receives the broken frame instead.
@@ -127,8 +113,8 @@ def test_each_bad_input_shows_its_alert_to_alice_only_and_nothing_to_bob(two_use
         )
 
     alice.route_web_socket(re.compile("/chatroom$"), forge)
-    open_chat(alice, server, 1)
-    open_chat(bob, server, 2)
+    open_chat(alice, server, online=1)
+    open_chat(bob, server, online=2)
     # Each alert differs from the one before, so every expect waits for a new answer.
     for typed, alert in [
         ("", "Type a message before you send it."),
@@ -143,57 +129,92 @@ def test_each_bad_input_shows_its_alert_to_alice_only_and_nothing_to_bob(two_use
     say(alice, "fixed it")
     expect(alice.get_by_role("alert")).to_have_text("")
     for page in (alice, bob):
-        expect(message_list(page)).to_have_text([re.compile("fixed it$")])
+        expect(messages(page)).to_have_text([re.compile("fixed it$")])
     expect(bob.get_by_role("alert")).to_have_text("")
 
 
 def test_online_count_shows_two_then_one_when_bob_leaves(two_users, serve):
-    server = serve("03_chat")
+    server = serve(STEP)
     alice, bob = two_users
-    open_chat(alice, server, 1)
-    open_chat(bob, server, 2)
+    open_chat(alice, server, online=1)
+    open_chat(bob, server, online=2)
     for page in (alice, bob):
-        expect(page.get_by_role("status", name="People online")).to_have_text("2")
-    bob.close()
-    expect(alice.get_by_role("status", name="People online")).to_have_text("1")
+        expect(online_count(page)).to_have_text("2")
+    with no_reload(alice):
+        bob.close()
+        expect(online_count(alice)).to_have_text("1")
 
 
 def test_a_newcomer_first_sees_the_earlier_messages_in_order(two_users, serve):
-    server = serve("03_chat")
+    server = serve(STEP)
     alice, bob = two_users
-    open_chat(alice, server, 1, name="Alice")
+    open_chat(alice, server, "Alice", online=1)
     for text in ["one", "two", "three"]:
         say(alice, text)
-    expect(message_list(alice)).to_have_count(3)
-    open_chat(bob, server, 2)
-    expect(message_list(bob)).to_have_text(
-        [re.compile(f"{text}$") for text in ["one", "two", "three"]]
-    )
+    expect(messages(alice)).to_have_count(3)
+    open_chat(bob, server, online=2)
+    expect(messages(bob)).to_have_text([re.compile(f"{text}$") for text in ["one", "two", "three"]])
     say(alice, "four")
-    expect(message_list(bob)).to_have_count(4)
+    expect(messages(bob)).to_have_count(4)
 
 
-def test_both_pages_reconnect_by_themselves_after_a_server_restart_and_keep_the_history(
-    two_users, serve
-):
-    server = serve("03_chat")
+def test_both_pages_reconnect_by_themselves_after_a_server_restart(two_users, serve):
+    server = serve(STEP)
     alice, bob = two_users
-    open_chat(alice, server, 1, name="Alice")
-    open_chat(bob, server, 2, name="Bob")
+    open_chat(alice, server, "Alice", online=1)
+    open_chat(bob, server, "Bob", online=2)
     say(alice, "before the restart")
-    expect(message_list(bob)).to_have_count(1)
+    expect(messages(bob)).to_have_count(1)
     with no_reload(alice), no_reload(bob):
         for page in (alice, bob):
             # A marker only the new server can overwrite: "2" again means both pages are back.
             page.evaluate("document.getElementById('online').textContent = 'restarting'")
         server.restart()
         for page in (alice, bob):
-            expect(page.locator("#online")).to_have_text("2", timeout=RESTART_TIMEOUT_MS)
+            expect(online_count(page)).to_have_text("2", timeout=RESTART_TIMEOUT_MS)
         say(bob, "after the restart")
         for page in (alice, bob):
-            expect(message_list(page)).to_have_text(
+            expect(messages(page)).to_have_text(
                 [re.compile("before the restart$"), re.compile("after the restart$")]
             )
+
+
+def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_broadcast(
+    two_users, serve
+):
+    server = serve(STEP, SEND_BURST=2, SEND_RATE=0.1)  # two in a row, then one every 10 s
+    alice, bob = two_users
+    open_chat(alice, server, "Alice", online=1)
+    open_chat(bob, server, "Bob", online=2)
+    for text in ["one", "two", "three"]:
+        say(alice, text)
+    expect(alice.get_by_role("alert")).to_have_text(
+        "Slow down: at most 2 messages in a row, then 0.1 a second. That one was not sent."
+    )
+    for page in (alice, bob):
+        expect(messages(page)).to_have_text([re.compile("one$"), re.compile("two$")])
+    expect(bob.get_by_role("alert")).to_have_text("")
+
+
+def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page, serve):
+    server = serve(STEP)
+    open_chat(page, server, online=1)
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=50) as pool:
+        started = time.monotonic()
+        sockets = list(
+            pool.map(lambda _: connect(chatroom(server), close_timeout=1, legacy=True), range(50))
+        )
+        for ws in sockets:
+            stack.callback(ws.close)
+        listeners = [Listener(ws.recv, online_counts) for ws in sockets]
+        expect(online_count(page)).to_have_text("51")
+        wait_until(lambda: all(ear.latest() == 51 for ear in listeners), "every client reads 51")
+        settled = time.monotonic() - started
+        # Coalesced: at most one count per PRESENCE_DELAY, not one per join after one's own.
+        assert max(len(ear.items) for ear in listeners) <= settled / PRESENCE_DELAY + 2
+        list(pool.map(lambda ws: ws.close(), sockets[:25]))
+        expect(online_count(page)).to_have_text("26")
+        wait_until(lambda: all(ear.latest() == 26 for ear in listeners[25:]), "the rest read 26")
 
 
 # --- fast tier: Python WebSocket clients against the subprocess ---
@@ -202,39 +223,38 @@ def test_both_pages_reconnect_by_themselves_after_a_server_restart_and_keep_the_
 @pytest.mark.parametrize(
     "origin", ["http://evil.example", "http://127.0.0.1:1", "https://localhost", "null"]
 )
-def test_socket_opened_from_another_site_is_refused_with_403(serve, origin):
-    server = serve("03_chat")
+def test_socket_opened_from_another_site_is_refused_with_403(chat_server, origin):
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"{server.ws_url}/chatroom", origin=origin)
+        connect(chatroom(chat_server), origin=origin)
     assert refused.value.response.status_code == 403
 
 
 @pytest.mark.parametrize("own_origin", [True, False], ids=["the page's origin", "no Origin"])
-def test_socket_from_the_page_itself_or_a_script_without_origin_is_accepted(serve, own_origin):
-    server = serve("03_chat")
-    origin = server.url if own_origin else None
-    with connect(f"{server.ws_url}/chatroom", origin=origin) as ws:
+def test_socket_from_the_page_itself_or_a_script_without_origin_is_accepted(
+    chat_server, own_origin
+):
+    origin = chat_server.url if own_origin else None
+    with connect(chatroom(chat_server), origin=origin) as ws:
         ws.send(chat_frame("hello", name="Alice"))
         assert next_messages(ws) == [("Alice", "hello")]
 
 
 def test_five_clients_sending_100_messages_in_all_each_receive_all_100_in_one_order(serve):
-    server = serve("03_chat")
-    received = {n: [] for n in range(5)}
+    server = serve(STEP, SEND_RATE=0)  # no rate limit: each client sends 20 in a burst
 
     def chat(n):
         for i in range(20):
             clients[n].send(chat_frame(f"{n}-{i}", name=f"client {n}"))
-        while len(received[n]) < 100:
-            received[n] += texts(next_messages(clients[n]))
+        received = []
+        while len(received) < 100:
+            received += texts(next_messages(clients[n]))
+        return received
 
-    with ExitStack() as stack:
-        clients = [stack.enter_context(connect(f"{server.ws_url}/chatroom")) for _ in range(5)]
-        threads = [threading.Thread(target=chat, args=(n,)) for n in range(5)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+    with ExitStack() as stack, ThreadPoolExecutor() as pool:
+        clients = [stack.enter_context(connect(chatroom(server))) for _ in range(5)]
+        # result() re-raises what went wrong in a client's thread.
+        jobs = [pool.submit(chat, n) for n in range(5)]
+        received = [job.result(timeout=30) for job in jobs]
     expected = {f"{n}-{i}" for n in range(5) for i in range(20)}
     assert sorted(received[0]) == sorted(expected)
     for n in range(1, 5):
@@ -246,72 +266,72 @@ def test_five_clients_sending_100_messages_in_all_each_receive_all_100_in_one_or
 
 
 def test_a_newcomer_receives_the_last_messages_then_live_ones(serve):
-    server = serve("03_chat", HISTORY=5)
-    with connect(f"{server.ws_url}/chatroom") as alice:
+    server = serve(STEP, HISTORY=5)
+    with connect(chatroom(server)) as alice:
         for i in range(8):
             alice.send(chat_frame(f"m{i}"))
             next_messages(alice)
-        with connect(f"{server.ws_url}/chatroom") as bob:
+        with connect(chatroom(server)) as bob:
             assert texts(next_messages(bob)) == ["m3", "m4", "m5", "m6", "m7"]
             alice.send(chat_frame("m8"))
             assert texts(next_messages(bob)) == ["m8"]
 
 
 def test_a_page_joining_while_messages_flow_misses_none_and_sees_none_twice(serve):
-    total = 600
+    history, total, after_bob = 50, 600, 100
     # A queue longer than the burst: here nobody is slow, the test is about the moment Bob joins.
-    server = serve("03_chat", HISTORY=50, QUEUE=2 * total)
-    flowing = threading.Event()
+    server = serve(STEP, HISTORY=history, QUEUE=2 * total, SEND_RATE=0)
+    history_is_full = threading.Event()  # the server has broadcast more than the history holds
+    bob_joined = threading.Event()
 
     def talk(alice):
         for n in range(total):
+            if n == total - after_bob:  # the last messages wait for Bob: they must reach him live
+                assert bob_joined.wait(timeout=10)
             alice.send(chat_frame(str(n)))
 
     def listen(alice):  # Alice reads her own messages too, or she would be dropped
         received = 0
         while received < total:
             received += len(next_messages(alice))
-            flowing.set()
+            if received > history:
+                history_is_full.set()
 
-    with connect(f"{server.ws_url}/chatroom") as alice:
-        threads = [threading.Thread(target=job, args=(alice,)) for job in (talk, listen)]
-        for thread in threads:
-            thread.start()
-        assert flowing.wait(timeout=5)
-        with connect(f"{server.ws_url}/chatroom") as bob:
+    with connect(chatroom(server)) as alice, ThreadPoolExecutor() as pool:
+        jobs = [pool.submit(job, alice) for job in (talk, listen)]
+        assert history_is_full.wait(timeout=10)
+        with connect(chatroom(server)) as bob:
             seen = [int(text) for text in texts(next_messages(bob))]  # the history first
+            bob_joined.set()
             while seen[-1] != total - 1:
                 seen += [int(text) for text in texts(next_messages(bob))]
-        for thread in threads:
-            thread.join(timeout=10)
+        for job in jobs:
+            job.result(timeout=10)
     assert seen == list(range(seen[0], total))
-    assert seen[0] > 0  # Bob joined after the first messages
+    assert seen[0] > 0  # the history Bob received started after the first messages
+    assert len(seen) > history  # and live messages followed it
 
 
-def test_each_bad_frame_gets_an_alert_for_the_sender_only_and_nothing_is_broadcast(serve):
-    server = serve("03_chat")
-    with connect(f"{server.ws_url}/chatroom") as alice, connect(f"{server.ws_url}/chatroom") as bob:
+def test_each_bad_frame_gets_an_alert_for_the_sender_only_and_nothing_is_broadcast(chat_server):
+    with connect(chatroom(chat_server)) as alice, connect(chatroom(chat_server)) as bob:
         for frame, alert in BAD_FRAMES.values():
             alice.send(frame)
-            answer = alice.recv(timeout=5)
-            while 'role="alert"' not in answer:  # skip #online updates
-                answer = alice.recv(timeout=5)
-            assert alert in html.unescape(ALERT.search(answer).group(1))
+            assert alert in next_alert(alice)
         # The first message Bob receives is the good one that follows: nothing came before it.
         alice.send(chat_frame("good"))
         assert texts(next_messages(bob)) == ["good"]
 
 
-def test_message_of_exactly_500_characters_is_broadcast_and_a_blank_name_is_anonymous(serve):
-    server = serve("03_chat")
-    with connect(f"{server.ws_url}/chatroom") as ws:
+def test_message_of_exactly_500_characters_is_broadcast_and_a_blank_name_is_anonymous(
+    chat_server,
+):
+    with connect(chatroom(chat_server)) as ws:
         ws.send(json.dumps({"name": "  ", "chat_message": "  " + "y" * 500 + "  "}))
         assert next_messages(ws) == [("anonymous", "y" * 500)]
 
 
-def test_html_in_name_and_message_is_escaped_in_the_broadcast_fragment(serve):
-    server = serve("03_chat")
-    with connect(f"{server.ws_url}/chatroom") as ws:
+def test_html_in_name_and_message_is_escaped_in_the_broadcast_fragment(chat_server):
+    with connect(chatroom(chat_server)) as ws:
         ws.send(chat_frame(XSS, name="<b>Mallory</b>"))
         frame = ws.recv(timeout=5)
         while "message" not in frame:
@@ -321,11 +341,10 @@ def test_html_in_name_and_message_is_escaped_in_the_broadcast_fragment(serve):
     assert messages_in(frame) == [("<b>Mallory</b>", XSS)]
 
 
-def test_oversized_frame_closes_only_that_connection_with_1009(serve):
-    server = serve("03_chat")
-    with connect(f"{server.ws_url}/chatroom") as bystander:
+def test_oversized_frame_closes_only_that_connection_with_1009(chat_server):
+    with connect(chatroom(chat_server)) as bystander:
         # simple-websocket's client sees the close at once (see tests/test_01_echo.py).
-        ws = Client.connect(f"{server.ws_url}/chatroom")
+        ws = Client.connect(chatroom(chat_server))
         ws.send("x" * (MAX_MESSAGE_BYTES + 1))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -335,32 +354,65 @@ def test_oversized_frame_closes_only_that_connection_with_1009(serve):
         assert texts(next_messages(bystander)) == ["still chatting"]
 
 
-def frames_to_fill_the_kernel_buffers(frame_bytes):
-    """Enough frames to fill the kernel's buffers between the server and a frozen client."""
-    try:
-        with open("/proc/sys/net/ipv4/tcp_wmem") as limits:
-            send_buffer = int(limits.read().split()[2])
-    except OSError:
-        send_buffer = 4 * 1024 * 1024  # Linux's default maximum
-    # The send buffer holds at most `send_buffer` bytes (payload and overhead); a few hundred
-    # frames more cover the frozen client's tiny receive buffer and its outbox on the server.
-    return send_buffer // frame_bytes + 300
+def test_a_flood_from_one_client_drops_and_delays_no_listener(chat_server):
+    """Issue 11's experiment: 20 listeners, one client sends 5,000 frames as fast as it can."""
+    with ExitStack() as stack:
+
+        def open_socket():
+            return stack.enter_context(connect(chatroom(chat_server), compression=None))
+
+        listeners = [Listener(open_socket().recv, message_texts) for _ in range(20)]
+        flooder, prober = open_socket(), open_socket()
+        flood_started = time.monotonic()
+        for n in range(5000):
+            flooder.send(chat_frame(f"flood {n}"))
+        assert next_alert(flooder) == TOO_FAST
+        probe_sent = time.monotonic()
+        prober.send(chat_frame("probe"))
+        # The flooder stays in the room, and was told once, not once per frame it sent.
+        received = [flooder.recv(timeout=5)]
+        while "probe" not in texts(messages_in(received[-1])):
+            received.append(flooder.recv(timeout=5))
+        assert not any('role="alert"' in frame for frame in received)
+        wait_until(
+            lambda: all(ear.arrival("probe") or ear.ended for ear in listeners),
+            "every listener has the probe or was dropped",
+        )
+        allowed = SEND_BURST + SEND_RATE * (time.monotonic() - flood_started)
+        assert [ear.ended for ear in listeners] == [None] * 20
+    assert max(ear.arrival("probe") - probe_sent for ear in listeners) < 1
+    for ear in listeners:
+        assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
+
+
+def test_after_a_pause_a_limited_sender_is_heard_again_and_its_alert_clears(serve):
+    server = serve(STEP, SEND_BURST=1, SEND_RATE=10)  # one in a row, then one every 0.1 s
+    with connect(chatroom(server)) as alice:
+        alice.send(chat_frame("one"))
+        assert texts(next_messages(alice)) == ["one"]
+        alice.send(chat_frame("two"))
+        assert next_alert(alice) == (
+            "Slow down: at most 1 messages in a row, then 10 a second. That one was not sent."
+        )
+        time.sleep(0.2)  # the bucket refills with time: let some pass
+        alice.send(chat_frame("three"))
+        assert next_alert(alice) == ""  # the alert is cleared, then the message broadcast
+        assert texts(next_messages(alice)) == ["three"]
 
 
 def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_1013(serve):
     # QUEUE well above the bursts of 10 below; DROP_GRACE longer than the test, which reads the
     # frozen client again at the end (the next test never does).
-    server = serve("03_chat", QUEUE=50, DROP_GRACE=60)
-    url = f"{server.ws_url}/chatroom"
+    server = serve(STEP, QUEUE=50, DROP_GRACE=60, SEND_RATE=0)
+    url = chatroom(server)
     # The frozen client: a tiny receive buffer, no compression, and websockets stops reading the
     # socket once it holds one unread frame. The server's writes to it soon block.
-    frozen_socket = socket.socket()
-    frozen_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    frozen_socket.connect(("127.0.0.1", server.port))
     text = '"' * 490  # each quote is escaped to 5 bytes: about 2.5 kB per fragment
     count = frames_to_fill_the_kernel_buffers(2500)
     with (
-        connect(url, sock=frozen_socket, compression=None, max_queue=1, close_timeout=1) as frozen,
+        connect(
+            url, sock=tiny_buffer_socket(server), compression=None, max_queue=1, close_timeout=1
+        ) as frozen,
         connect(url, compression=None) as sender,  # no compression: less work on 2 cores
         connect(url, compression=None) as healthy,
     ):
@@ -385,17 +437,16 @@ def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_
 
 
 def test_a_client_that_never_reads_again_is_cut_off_and_its_threads_end(serve):
-    server = serve("03_chat", QUEUE=5, DROP_GRACE=0.2)
+    server = serve(STEP, QUEUE=5, DROP_GRACE=0.2, SEND_RATE=0)
     threads = psutil.Process(server.process.pid).num_threads
-    url = f"{server.ws_url}/chatroom"
+    url = chatroom(server)
     text = '"' * 490
     with connect(url, compression=None) as sender:
         assert ONLINE.findall(sender.recv(timeout=5)) == ["1"]
         threads_for_one_client = threads()
-        frozen_socket = socket.socket()
-        frozen_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        frozen_socket.connect(("127.0.0.1", server.port))
-        with connect(url, sock=frozen_socket, compression=None, max_queue=1, close_timeout=1):
+        with connect(
+            url, sock=tiny_buffer_socket(server), compression=None, max_queue=1, close_timeout=1
+        ):
             assert ONLINE.findall(sender.recv(timeout=5)) == ["2"]
             # Talk until the frozen client has been dropped and cut off: then its handler ends
             # and the count falls to 1. The sender reads each of its messages back, so it never

@@ -1,22 +1,44 @@
-"""Step 04: the Socket.IO chat, its broadcast, presence, clock and acknowledged errors."""
+"""Step 04: the Socket.IO chat, its broadcast, presence, clock, limits and acknowledged errors."""
 
 import importlib.util
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
+import psutil
 import pytest
-from harness import ROOT, StepServer, no_reload
+from chat_clients import (
+    Listener,
+    SocketIOByHand,
+    engine_io_url,
+    event_in,
+    frames_to_fill_the_kernel_buffers,
+    messages,
+    online_count,
+    open_chat,
+    say,
+    socketio_counts,
+    socketio_texts,
+    tiny_buffer_socket,
+)
+from harness import ROOT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
-from simple_websocket import Client, ConnectionClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 STEP = "04_socketio_broadcast"
 XSS = "<img src=x onerror=alert(1)>"
 RECONNECT_TIMEOUT = 20_000  # milliseconds
+SEND_BURST = 10  # the step's defaults
+SEND_RATE = 5
+QUEUE = 100
+ROOM_CHECK = 0.2
+TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
 
 
 # --- the step's app in this process, for socketio.test_client ---
@@ -106,32 +128,39 @@ def test_bad_input_is_answered_to_the_sender_only_and_nothing_is_broadcast(
     connect_client, payload, error
 ):
     alice, bob = connect_client(), connect_client()
-    alice.get_received(), bob.get_received()  # forget the presence events of the connections
     assert alice.emit("send message", payload, callback=True) == {"error": error}
     assert events(alice, "new message") == []
-    assert [event["name"] for event in bob.get_received() if event["name"] != "tick"] == []
+    # Bob may be sent the clock and the count meanwhile, but nothing else.
+    assert {event["name"] for event in bob.get_received()} <= {"tick", "presence"}
 
 
-def test_online_count_goes_up_and_down_for_everyone(connect_client):
-    alice = connect_client()
-    before = events(alice, "presence")[-1]["count"]
-    bob = connect_client()
-    assert events(alice, "presence") == [{"count": before + 1}]
-    assert events(bob, "presence") == [{"count": before + 1}]
-    bob.disconnect()
-    assert events(alice, "presence") == [{"count": before}]
+def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broadcast(
+    connect_client,
+):
+    alice, bob = connect_client(), connect_client()
+    started = time.monotonic()
+    answers = [
+        alice.emit("send message", {"data": f"m{n}", "username": "Alice"}, callback=True)
+        for n in range(2 * SEND_BURST)
+    ]
+    allowed = SEND_BURST + SEND_RATE * (time.monotonic() - started)
+    accepted = [f"m{n}" for n, answer in enumerate(answers) if answer == {"ok": True}]
+    assert set(map(str, answers)) == {str({"ok": True}), str({"error": TOO_FAST})}
+    assert SEND_BURST <= len(accepted) <= allowed
+    for client in (alice, bob):
+        assert [message["text"] for message in events(client, "new message")] == accepted
 
 
-def test_clock_task_is_started_once_however_many_clients_connect(step, connect_client):
+def test_clock_and_room_tasks_are_started_once_however_many_clients_connect(step, connect_client):
     connect_client()
-    first = step.clock
+    first = step.tasks
     connect_client()
     connect_client()
-    assert step.clock is first
-    assert first.is_alive()
+    assert step.tasks is first
+    assert all(task.is_alive() for task in first)
 
 
-# --- fast tier on the wire: raw WebSocket clients against `python app.py` ---
+# --- fast tier on the wire: Socket.IO spoken by hand against `python app.py` ---
 
 
 @pytest.fixture(scope="module")
@@ -140,33 +169,21 @@ def chat_server(tmp_path_factory):
         yield server
 
 
-def engine_io_url(server):
-    return f"{server.ws_url}/socket.io/?EIO=4&transport=websocket"
-
-
 @pytest.fixture
-def raw_socket(chat_server):
-    """A plain WebSocket to the Engine.IO endpoint, speaking the protocol by hand.
+def by_hand(chat_server):
+    """Socket.IO clients spoken by hand: `alice = by_hand()`; all are closed after the test."""
+    clients = []
 
-    simple-websocket, not websockets: Werkzeug keeps the TCP connection open after the close
-    handshake, and websockets' client would wait 10 s for it to drop.
-    """
-    ws = Client.connect(engine_io_url(chat_server))  # no Origin header, like most non-browsers
-    yield ws
-    ws.close()
+    def open_client(**options):
+        clients.append(SocketIOByHand(chat_server, **options))
+        return clients[-1]
 
-
-def receive_until(ws, prefix):
-    """Read Engine.IO packets until one starts with `prefix`; return all of them, that one last."""
-    packets = []
-    while not packets or not packets[-1].startswith(prefix):
-        packet = ws.receive(timeout=5)
-        assert packet is not None, f"no packet starting with {prefix!r} within 5 s"
-        packets.append(packet)
-    return packets
+    yield open_client
+    for client in clients:
+        client.close()
 
 
-def test_socket_from_a_foreign_origin_is_refused(chat_server):
+def test_socket_opened_from_another_site_is_refused_with_400(chat_server):
     with pytest.raises(InvalidStatus) as refused:
         connect(engine_io_url(chat_server), origin="http://evil.example")
     assert refused.value.response.status_code == 400
@@ -190,50 +207,44 @@ def test_socket_from_the_page_own_origin_is_accepted_with_a_64_kib_limit(chat_se
     assert json.loads(opened[1:])["maxPayload"] == 64 * 1024
 
 
-def test_clock_ticks_every_clock_interval(raw_socket):
-    raw_socket.send("40")  # Socket.IO: connect to the main namespace
-    ticks = [json.loads(receive_until(raw_socket, '42["tick"')[-1][2:])[1] for _ in range(3)]
-    for tick in ticks:
+def test_clock_ticks_every_clock_interval(by_hand):
+    """The shared server ticks every 0.2 s: six ticks span five intervals, about 1 s."""
+    client = by_hand()
+    ticks = []
+    for _ in range(6):
+        ticks.append((client.next_event("tick"), time.monotonic()))
+    for tick, _ in ticks:
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", tick)
+    # Generous for a busy machine, yet far from the default 5 s and from a loop that never waits.
+    assert 0.5 < ticks[-1][1] - ticks[0][1] < 3
 
 
-def connect_raw(server):
-    """A connected Socket.IO client spoken by hand: returns the socket and what it has received."""
-    ws = Client.connect(engine_io_url(server))
-    ws.send("40")  # Socket.IO: connect to the main namespace
-    return ws, receive_until(ws, "40")
+def test_packet_over_64_kib_closes_only_that_connection(by_hand):
+    alice, mallory = by_hand(), by_hand()
+    joined = alice.next_event("presence")["count"]
+    mallory.ws.send('42["send message",{"data":"' + "x" * 70_000 + '","username":"M"}]')
+    # The server sends Mallory a close frame. (Werkzeug then keeps the TCP connection open, and
+    # websockets waits for it to drop before it reports the close: look at the frame itself.)
+    wait_until(lambda: mallory.ws.protocol.close_rcvd is not None, "Mallory is sent a close")
+    # Alice sees one person fewer and can still chat.
+    while (left := alice.next_event("presence")["count"]) >= joined:
+        pass
+    assert left == joined - 1
+    alice.say("still here", "Alice")
+    assert alice.next_event("new message")["text"] == "still here"
 
 
-def test_packet_over_64_kib_closes_only_that_connection(chat_server):
-    alice, _ = connect_raw(chat_server)
-    mallory, _ = connect_raw(chat_server)
-    try:
-        joined = json.loads(receive_until(alice, '42["presence"')[-1][2:])[1]["count"]
-        mallory.send('42["send message",{"data":"' + "x" * 70_000 + '","username":"M"}]')
-        with pytest.raises(ConnectionClosed):
-            receive_until(mallory, "never")
-        # Alice sees one person fewer at once and can still chat.
-        left = json.loads(receive_until(alice, '42["presence"')[-1][2:])[1]["count"]
-        assert left == joined - 1
-        alice.send('42["send message",{"data":"still here","username":"Alice"}]')
-        assert "still here" in receive_until(alice, '42["new message"')[-1]
-    finally:
-        alice.close()
-
-
-def test_one_chat_message_costs_18_bytes_more_on_socket_io_than_on_a_raw_websocket(raw_socket):
+def test_one_chat_message_costs_18_bytes_more_on_socket_io_than_on_a_raw_websocket(by_hand):
     """The measurement behind the wire-overhead row of the README's table."""
-    receive_until(raw_socket, "0")  # the Engine.IO open packet: 0{"sid":...}
-    raw_socket.send("40")  # Socket.IO: connect to the main namespace
-    receive_until(raw_socket, "40")
+    client = by_hand()
     # What the page's emit("send message", {...}, callback) puts on the wire, ack id 1.
     sent = '421["send message",{"data":"hello","username":"Alice"}]'
-    raw_socket.send(sent)
+    client.ws.send(sent)
     # The broadcast is queued before the handler returns, so it comes before the ack.
-    *before, ack = receive_until(raw_socket, "431")
+    *before, ack = client.receive_until("431")
     (broadcast,) = [packet for packet in before if packet.startswith('42["new message"')]
 
-    message = json.loads(broadcast[2:])[1]
+    message = event_in(broadcast)[1]
     assert message["name"] == "Alice"
     assert message["text"] == "hello"
     # A raw WebSocket would carry the bare JSON objects, the event name left implicit.
@@ -246,54 +257,144 @@ def test_one_chat_message_costs_18_bytes_more_on_socket_io_than_on_a_raw_websock
 
 def test_step_03_broadcasts_the_same_message_as_157_bytes_of_html(tmp_path):
     """The step 03 column of the README's wire-overhead row: its server, a raw WebSocket."""
-    with StepServer("03_chat", tmp_path) as step_03:
-        ws = Client.connect(f"{step_03.ws_url}/chatroom")
-        try:
-            ws.send(json.dumps({"name": "Alice", "chat_message": "hello"}))
-            fragment = receive_until(ws, "<div hx-swap-oob")[-1]
-        finally:
-            ws.close()
+    with StepServer("03_chat", tmp_path) as step_03, connect(f"{step_03.ws_url}/chatroom") as ws:
+        ws.send(json.dumps({"name": "Alice", "chat_message": "hello"}))
+        while not (fragment := ws.recv(timeout=5)).startswith("<div hx-swap-oob"):
+            pass
     assert "<b>Alice</b>" in fragment
     assert "<span>hello</span>" in fragment
     assert len(fragment.encode()) == 157, "step 03's fragment changed: update README.md's table"
 
 
+def test_the_largest_chat_message_is_under_7_kb_on_the_wire(by_hand):
+    """The packet size behind the README's memory bound: 540 characters JSON escapes most."""
+    client = by_hand()
+    widest = "\U0001f600"  # outside the BMP: escaped as two \uXXXX, 12 bytes
+    client.say(widest * 500, widest * 40)
+    packet = client.receive_until('42["new message"')[-1]
+    assert event_in(packet)[1]["text"] == widest * 500
+    assert 6_500 < len(packet.encode()) < 7_000
+
+
+def test_a_flood_from_one_client_drops_and_delays_no_listener(by_hand):
+    """Issue 11's experiment: 20 listeners, one client sends 5,000 events as fast as it can."""
+    listeners = [Listener(by_hand().receive, socketio_texts) for _ in range(20)]
+    flooder, prober = by_hand(), by_hand()
+    flood_started = time.monotonic()
+    for n in range(5000):
+        flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
+    flooder.say("one more", ack=1)
+    assert flooder.answers(1) == {1: {"error": TOO_FAST}}
+    probe_sent = time.monotonic()
+    prober.say("probe")
+    while flooder.next_event("new message")["text"] != "probe":  # still in the room
+        pass
+    wait_until(
+        lambda: all(ear.arrival("probe") or ear.ended for ear in listeners),
+        "every listener has the probe or was dropped",
+    )
+    allowed = SEND_BURST + SEND_RATE * (time.monotonic() - flood_started)
+    assert [ear.ended for ear in listeners] == [None] * 20
+    assert max(ear.arrival("probe") - probe_sent for ear in listeners) < 1
+    for ear in listeners:
+        assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
+
+
+def test_after_a_pause_a_limited_sender_is_heard_again(tmp_path):
+    # One in a row, then one every 0.1 s.
+    with StepServer(STEP, tmp_path, SEND_BURST=1, SEND_RATE=10) as server:
+        alice = SocketIOByHand(server)
+        try:
+            alice.say("one", ack=1)
+            assert alice.answers(1) == {1: {"ok": True}}
+            alice.say("two", ack=2)
+            assert alice.answers(1) == {
+                2: {
+                    "error": "Slow down: at most 1 messages in a row, then 10 a second. "
+                    "That one was not sent."
+                }
+            }
+            time.sleep(0.2)  # the bucket refills with time: let some pass
+            alice.say("three", ack=3)
+            assert alice.answers(1) == {3: {"ok": True}}
+        finally:
+            alice.close()
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounded(tmp_path):
+    """A frozen client, and a sender whose every message is 6 kB on the wire: 10 MB in all.
+
+    The kernel's buffers take the first few MB; after that, the frozen client's queue in the
+    server would grow by 6 kB a message. It is dropped at the first look after it is QUEUE
+    packets behind, and the server's memory stays flat.
+    """
+    total, batch = 1700, 20
+    text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
+    with StepServer(STEP, tmp_path, SEND_RATE=0) as server:
+        rss = psutil.Process(server.process.pid).memory_info
+        sender = SocketIOByHand(server)
+        frozen = connect(
+            engine_io_url(server),
+            sock=tiny_buffer_socket(server),
+            compression=None,
+            max_queue=1,  # websockets stops reading the socket at the first unread packet
+            close_timeout=0.1,
+            legacy=True,
+        )
+        try:
+            frozen.send("40")
+            while sender.next_event("presence")["count"] != 2:
+                pass
+            online, dropped_after = 2, None
+            for first in range(0, total, batch):
+                if first == batch:
+                    start_rss = rss().rss  # after the first batch has warmed the server up
+                for n in range(first, first + batch):
+                    sender.say(f"{n} {text}")
+                # Read our own messages back, so that the sender never falls behind itself.
+                received = 0
+                while received < batch:
+                    name, data = event_in(sender.receive()) or (None, None)
+                    received += name == "new message"
+                    if name == "presence":
+                        online = data["count"]
+                if online == 1 and dropped_after is None:
+                    dropped_after = first + batch
+            grown = rss().rss - start_rss
+        finally:
+            frozen.socket.close()
+            sender.close()
+        log = server.output()
+    assert dropped_after is not None, "the frozen client was never dropped"
+    assert dropped_after <= frames_to_fill_the_kernel_buffers(6000) + QUEUE + 100
+    assert "packets behind" in log
+    # Without the check it grew by 15 MB here; with it, by about 2 MB.
+    assert grown < 5 * 2**20, f"the server grew by {grown / 2**20:.1f} MB"
+
+
 # --- in the browser ---
-
-
-def open_chat_page(page, server, name):
-    page.goto(server.url)
-    expect(page.locator("#status")).to_have_text("connected")
-    page.get_by_label("Name").fill(name)
-
-
-def send(page, text):
-    page.get_by_label("Message").fill(text)
-    page.get_by_role("button", name="Send").click()
 
 
 def test_message_from_alice_appears_for_alice_and_bob_without_reload(two_users, chat_server):
     alice, bob = two_users
-    open_chat_page(alice, chat_server, "Alice")
-    open_chat_page(bob, chat_server, "Bob")
+    open_chat(alice, chat_server, "Alice")
+    open_chat(bob, chat_server, "Bob")
     with no_reload(alice), no_reload(bob):
-        send(alice, "hello, everyone")
+        say(alice, "hello, everyone")
         for page in (alice, bob):
-            expect(page.get_by_role("log").get_by_role("listitem")).to_have_text(
-                [re.compile(r"^Alice \d\d:\d\d hello, everyone$")]
-            )
+            expect(messages(page)).to_have_text([re.compile(r"^Alice \d\d:\d\d hello, everyone$")])
     expect(alice.get_by_label("Message")).to_have_value("")
 
 
-def test_xss_message_shows_as_text_and_nothing_runs(two_users, chat_server):
+def test_html_in_a_message_shows_as_text_and_nothing_runs(two_users, chat_server):
     alice, bob = two_users
     dialogs = []
     for page in (alice, bob):
         page.on("dialog", lambda dialog: dialogs.append(dialog.message))
-    open_chat_page(alice, chat_server, "Alice")
-    open_chat_page(bob, chat_server, "<b>Bob</b>")
-    send(alice, XSS)
-    send(bob, "hi")
+    open_chat(alice, chat_server, "Alice")
+    open_chat(bob, chat_server, "<b>Bob</b>")
+    say(alice, XSS)
+    say(bob, "hi")
     for page in (alice, bob):
         log = page.get_by_role("log")
         expect(log.get_by_role("listitem")).to_have_text(
@@ -304,23 +405,21 @@ def test_xss_message_shows_as_text_and_nothing_runs(two_users, chat_server):
     assert dialogs == []
 
 
-def test_bad_input_shows_an_alert_to_alice_only_and_nothing_to_bob(two_users, chat_server):
+def test_each_bad_input_shows_its_alert_to_alice_only_and_nothing_to_bob(two_users, chat_server):
     alice, bob = two_users
-    open_chat_page(alice, chat_server, "Alice")
-    open_chat_page(bob, chat_server, "Bob")
+    open_chat(alice, chat_server, "Alice")
+    open_chat(bob, chat_server, "Bob")
     for text, error in [
         ("   ", "Type a message before you send it."),
         ("x" * 501, "A message has at most 500 characters; yours has 501."),
     ]:
-        send(alice, text)
+        say(alice, text)
         expect(alice.get_by_role("alert")).to_have_text(error)
         expect(alice.get_by_label("Message")).to_have_value(text)  # kept, to be corrected
-    send(alice, "now a good one")
+    say(alice, "now a good one")
     expect(alice.get_by_role("alert")).to_have_text("")
     # Bob's first and only message is the good one: nothing was broadcast before it.
-    expect(bob.get_by_role("log").get_by_role("listitem")).to_have_text(
-        [re.compile("now a good one$")]
-    )
+    expect(messages(bob)).to_have_text([re.compile("now a good one$")])
     expect(bob.get_by_role("alert")).to_have_text("")
 
 
@@ -334,24 +433,24 @@ def test_clock_ticks_without_reload(page, chat_server):
     expect(clock).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"))
 
 
-def test_online_goes_from_two_to_one_when_bob_leaves(two_users, serve):
+def test_online_count_shows_two_then_one_when_bob_leaves(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
-    open_chat_page(alice, server, "Alice")
-    open_chat_page(bob, server, "Bob")
+    open_chat(alice, server, "Alice")
+    open_chat(bob, server, "Bob")
     for page in (alice, bob):
-        expect(page.locator("#online")).to_have_text("2")
+        expect(online_count(page)).to_have_text("2")
     with no_reload(alice):
         bob.close()
-        expect(alice.locator("#online")).to_have_text("1")
+        expect(online_count(alice)).to_have_text("1")
 
 
-def test_pages_reconnect_by_themselves_after_a_server_restart(two_users, serve):
+def test_both_pages_reconnect_by_themselves_after_a_server_restart(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
-    open_chat_page(alice, server, "Alice")
-    open_chat_page(bob, server, "Bob")
-    expect(alice.locator("#online")).to_have_text("2")
+    open_chat(alice, server, "Alice")
+    open_chat(bob, server, "Bob")
+    expect(online_count(alice)).to_have_text("2")
     with no_reload(alice), no_reload(bob):
         server.stop()  # stop, then start: what restart() does, with a look at the pages between
         for page in (alice, bob):
@@ -361,11 +460,9 @@ def test_pages_reconnect_by_themselves_after_a_server_restart(two_users, serve):
             # Socket.IO waits 0.5 to 1.5 s before its first retry, then longer each time (up
             # to 5 s), and a loaded machine may take seconds to start the server.
             expect(page.locator("#status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
-            expect(page.locator("#online")).to_have_text("2")
-        send(alice, "after the restart")
-        expect(bob.get_by_role("log").get_by_role("listitem")).to_have_text(
-            [re.compile("after the restart$")]
-        )
+            expect(online_count(page)).to_have_text("2")
+        say(alice, "after the restart")
+        expect(messages(bob)).to_have_text([re.compile("after the restart$")])
 
 
 def test_chat_works_over_long_polling_when_websockets_are_blocked(two_users, chat_server):
@@ -378,14 +475,51 @@ def test_chat_works_over_long_polling_when_websockets_are_blocked(two_users, cha
 
     # Alice's network refuses WebSockets (an old proxy, say): Socket.IO stays on long-polling.
     alice.route_web_socket(re.compile(r"/socket\.io/"), refuse)
-    open_chat_page(alice, chat_server, "Alice")
-    open_chat_page(bob, chat_server, "Bob")
-    send(alice, "sent by polling")
-    send(bob, "received by polling")
+    open_chat(alice, chat_server, "Alice")
+    open_chat(bob, chat_server, "Bob")
+    say(alice, "sent by polling")
+    say(bob, "received by polling")
     for page in (alice, bob):
-        expect(page.get_by_role("log").get_by_role("listitem")).to_have_text(
+        expect(messages(page)).to_have_text(
             [re.compile("sent by polling$"), re.compile("received by polling$")]
         )
     bob.wait_for_function("socket.io.engine.transport.name === 'websocket'")
     assert blocked, "Alice's page never tried a WebSocket"
     assert alice.evaluate("socket.io.engine.transport.name") == "polling"
+
+
+def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_broadcast(
+    two_users, serve
+):
+    server = serve(STEP, SEND_BURST=2, SEND_RATE=0.1)  # two in a row, then one every 10 s
+    alice, bob = two_users
+    open_chat(alice, server, "Alice")
+    open_chat(bob, server, "Bob")
+    for text in ["one", "two", "three"]:
+        say(alice, text)
+    expect(alice.get_by_role("alert")).to_have_text(
+        "Slow down: at most 2 messages in a row, then 0.1 a second. That one was not sent."
+    )
+    expect(alice.get_by_label("Message")).to_have_value("three")  # kept, to send again later
+    for page in (alice, bob):
+        expect(messages(page)).to_have_text([re.compile("one$"), re.compile("two$")])
+    expect(bob.get_by_role("alert")).to_have_text("")
+
+
+def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page, serve):
+    server = serve(STEP)
+    open_chat(page, server)
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=50) as pool:
+        started = time.monotonic()
+        clients = list(pool.map(lambda _: SocketIOByHand(server), range(50)))
+        for client in clients:
+            stack.callback(client.close)
+        listeners = [Listener(client.receive, socketio_counts) for client in clients]
+        expect(online_count(page)).to_have_text("51")
+        wait_until(lambda: all(ear.latest() == 51 for ear in listeners), "every client reads 51")
+        settled = time.monotonic() - started
+        # Coalesced: at most one count per ROOM_CHECK, not one per join after one's own.
+        assert max(len(ear.items) for ear in listeners) <= settled / ROOM_CHECK + 2
+        list(pool.map(SocketIOByHand.close, clients[:25]))
+        expect(online_count(page)).to_have_text("26")
+        wait_until(lambda: all(ear.latest() == 26 for ear in listeners[25:]), "the rest read 26")

@@ -14,16 +14,37 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import psutil
 import pytest
 import redis
-from harness import ROOT, StepServer, free_port, no_reload
+from chat_clients import (
+    Listener,
+    SocketIOByHand,
+    engine_io_url,
+    event_in,
+    frames_to_fill_the_kernel_buffers,
+    messages,
+    online_count,
+    open_chat,
+    say,
+    socketio_counts,
+    socketio_texts,
+    tiny_buffer_socket,
+)
+from harness import ROOT, StepServer, free_port, no_reload, wait_until
 from playwright.sync_api import expect
+from websockets.sync.client import connect
 
 STEP = "05_scale_out"
 CHANNEL = "flask-socketio"  # the channel Flask-SocketIO publishes on by default
 FAST = {"PRESENCE_INTERVAL": 0.2, "CLOCK_INTERVAL": 0.5}
+SEND_BURST = 10  # the step's defaults
+SEND_RATE = 5
+QUEUE = 100
+ROOM_CHECK = 0.2
+TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
 
 if shutil.which("redis-server") is None:
     # A learner without Redis still gets every other step tested; CI (.ci/run installs
@@ -74,9 +95,9 @@ def redis_server(tmp_path):
     server.stop()
 
 
-def start_two_servers(folder, redis_server):
+def start_two_servers(folder, redis_server, **env):
     """Servers A and B sharing `redis_server`, started side by side to halve the wait."""
-    servers = [StepServer(STEP, folder, REDIS_URL=redis_server.url, **FAST) for _ in "AB"]
+    servers = [StepServer(STEP, folder, REDIS_URL=redis_server.url, **FAST, **env) for _ in "AB"]
     with ThreadPoolExecutor() as pool:
         list(pool.map(StepServer.start, servers))
     return servers
@@ -121,21 +142,6 @@ def wait_until_subscribed(redis_server, servers, timeout=30):
                 assert time.monotonic() < deadline, "the servers did not subscribe again"
 
 
-def open_chat_page(page, server, name):
-    page.goto(server.url)
-    expect(page.locator("#status")).to_have_text("connected")
-    page.get_by_label("Name").fill(name)
-
-
-def send(page, text):
-    page.get_by_label("Message").fill(text)
-    page.get_by_role("button", name="Send").click()
-
-
-def messages(page):
-    return page.get_by_role("log").get_by_role("listitem")
-
-
 def announce(redis_url, *args):
     return subprocess.run(
         [sys.executable, str(ROOT / "steps" / STEP / "announce.py"), *args],
@@ -152,14 +158,14 @@ def announce(redis_url, *args):
 def test_message_from_alice_on_server_a_appears_for_bob_on_server_b_and_back(two_users, shared):
     _, server_a, server_b = shared
     alice, bob = two_users
-    open_chat_page(alice, server_a, "Alice")
-    open_chat_page(bob, server_b, "Bob")
+    open_chat(alice, server_a, "Alice")
+    open_chat(bob, server_b, "Bob")
     expect(alice.locator("#server")).to_have_text(f"127.0.0.1:{server_a.port}")
     expect(bob.locator("#server")).to_have_text(f"127.0.0.1:{server_b.port}")
     with no_reload(alice), no_reload(bob):
-        send(alice, "hello from A")
+        say(alice, "hello from A")
         expect(messages(bob)).to_have_text([re.compile(r"^Alice \d\d:\d\d hello from A$")])
-        send(bob, "hello from B")
+        say(bob, "hello from B")
         for page in (alice, bob):
             expect(messages(page)).to_have_text(
                 [re.compile("^Alice .* hello from A$"), re.compile("^Bob .* hello from B$")]
@@ -169,8 +175,8 @@ def test_message_from_alice_on_server_a_appears_for_bob_on_server_b_and_back(two
 def test_announce_py_reaches_pages_on_both_servers_as_text(two_users, shared):
     redis_server, server_a, server_b = shared
     alice, bob = two_users
-    open_chat_page(alice, server_a, "Alice")
-    open_chat_page(bob, server_b, "Bob")
+    open_chat(alice, server_a, "Alice")
+    open_chat(bob, server_b, "Bob")
     text = "<b>The chat closes at six</b>"
     with no_reload(alice), no_reload(bob):
         done = announce(redis_server.url, text)
@@ -181,30 +187,31 @@ def test_announce_py_reaches_pages_on_both_servers_as_text(two_users, shared):
             expect(page.locator("#announcement b")).to_have_count(0)
 
 
-def test_online_counts_pages_on_both_servers_and_drops_when_bob_leaves(two_users, shared):
-    # Pages of earlier tests may still be leaving: the counts below are waited for, not read.
+def test_online_count_shows_two_then_one_when_bob_leaves(two_users, shared):
+    # Alice on server A, Bob on server B. Pages of earlier tests may still be leaving: the counts
+    # below are waited for, not read.
     _, server_a, server_b = shared
     alice, bob = two_users
-    open_chat_page(alice, server_a, "Alice")
-    open_chat_page(bob, server_b, "Bob")
+    open_chat(alice, server_a, "Alice")
+    open_chat(bob, server_b, "Bob")
     for page in (alice, bob):
-        expect(page.locator("#online")).to_have_text("2")
+        expect(online_count(page)).to_have_text("2")
     with no_reload(alice):
         bob.close()
-        expect(alice.locator("#online")).to_have_text("1")
+        expect(online_count(alice)).to_have_text("1")
 
 
 def test_pages_of_a_killed_server_leave_the_count_within_seconds(two_users, two_servers):
     server_a, server_b = two_servers
     alice, bob = two_users
-    open_chat_page(alice, server_a, "Alice")
-    open_chat_page(bob, server_b, "Bob")
-    expect(alice.locator("#online")).to_have_text("2")
+    open_chat(alice, server_a, "Alice")
+    open_chat(bob, server_b, "Bob")
+    expect(online_count(alice)).to_have_text("2")
     with no_reload(alice):
         server_b.stop()  # SIGKILL: no disconnect handler runs, only its key's expiry tells
         expect(bob.locator("#status")).to_have_text("disconnected")
         # The key lives 3 beats of 0.2 s; the generous timeout is for a busy machine.
-        expect(alice.locator("#online")).to_have_text("1", timeout=5_000)
+        expect(online_count(alice)).to_have_text("1", timeout=5_000)
 
 
 def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is_one_again(
@@ -212,24 +219,24 @@ def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is
 ):
     server_a, server_b = two_servers
     alice, carol, bob = new_user(), new_user(), new_user()
-    open_chat_page(alice, server_a, "Alice")
-    open_chat_page(carol, server_a, "Carol")
-    open_chat_page(bob, server_b, "Bob")
+    open_chat(alice, server_a, "Alice")
+    open_chat(carol, server_a, "Carol")
+    open_chat(bob, server_b, "Bob")
     for page in (alice, carol, bob):
-        expect(page.locator("#online")).to_have_text("3")
+        expect(online_count(page)).to_have_text("3")
 
     with no_reload(alice), no_reload(carol), no_reload(bob):
         redis_server.stop()
         # Each server now counts its own pages only, and its log says why.
         for page, count in ((alice, "2"), (carol, "2"), (bob, "1")):
-            expect(page.locator("#online")).to_have_text(count)
+            expect(online_count(page)).to_have_text(count)
         for server in (server_a, server_b):
             assert f"Redis at {redis_server.url} does not answer" in server.output()
         for page in (alice, carol, bob):
             expect(page.locator("#status")).to_have_text("connected")
 
-        send(alice, "during the outage")
-        send(bob, "Bob, alone on B")
+        say(alice, "during the outage")
+        say(bob, "Bob, alone on B")
         expect(alice.get_by_label("Message")).to_have_value("")  # accepted: Alice is not told
         for page in (alice, carol):
             expect(messages(page)).to_have_text([re.compile("during the outage$")])
@@ -239,10 +246,10 @@ def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is
         redis_server.start()
         wait_until_subscribed(redis_server, 2)
         for page in (alice, carol, bob):
-            expect(page.locator("#online")).to_have_text("3")
+            expect(online_count(page)).to_have_text("3")
         assert "answers again" in server_a.output()
-        send(bob, "after the outage")
-        send(carol, "welcome back")
+        say(bob, "after the outage")
+        say(carol, "welcome back")
         after = [re.compile("after the outage$"), re.compile("welcome back$")]
         for page in (alice, carol):
             expect(messages(page)).to_have_text([re.compile("during the outage$"), *after])
@@ -250,7 +257,166 @@ def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is
         expect(messages(bob)).to_have_text([re.compile("Bob, alone on B$"), *after])
 
 
+def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_broadcast(
+    two_users, redis_server, tmp_path
+):
+    # Two in a row, then one every 10 s.
+    servers = start_two_servers(tmp_path, redis_server, SEND_BURST=2, SEND_RATE=0.1)
+    try:
+        alice, bob = two_users
+        open_chat(alice, servers[0], "Alice")
+        open_chat(bob, servers[1], "Bob")
+        for text in ["one", "two", "three"]:
+            say(alice, text)
+        expect(alice.get_by_role("alert")).to_have_text(
+            "Slow down: at most 2 messages in a row, then 0.1 a second. That one was not sent."
+        )
+        expect(alice.get_by_label("Message")).to_have_value("three")  # kept, to send again later
+        for page in (alice, bob):
+            expect(messages(page)).to_have_text([re.compile("one$"), re.compile("two$")])
+        expect(bob.get_by_role("alert")).to_have_text("")
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page, two_servers):
+    open_chat(page, two_servers[0])
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=50) as pool:
+        started = time.monotonic()
+        # Half on each server.
+        clients = list(pool.map(lambda n: SocketIOByHand(two_servers[n % 2]), range(50)))
+        for client in clients:
+            stack.callback(client.close)
+        listeners = [Listener(client.receive, socketio_counts) for client in clients]
+        expect(online_count(page)).to_have_text("51")
+        wait_until(lambda: all(ear.latest() == 51 for ear in listeners), "every client reads 51")
+        settled = time.monotonic() - started
+        # Coalesced: per ROOM_CHECK, at most one count from each server's look at its room and
+        # one from its own server's heartbeat (every 0.2 s here); not one per join.
+        assert max(len(ear.items) for ear in listeners) <= 3 * (settled / ROOM_CHECK + 1)
+        list(pool.map(SocketIOByHand.close, clients[:25]))
+        expect(online_count(page)).to_have_text("26")
+        wait_until(lambda: all(ear.latest() == 26 for ear in listeners[25:]), "the rest read 26")
+
+
 # --- fast tier: no browser ---
+
+
+def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broadcast(shared):
+    _, server_a, server_b = shared
+    alice, carol, bob = SocketIOByHand(server_a), SocketIOByHand(server_a), SocketIOByHand(server_b)
+    try:
+        started = time.monotonic()
+        for n in range(2 * SEND_BURST):
+            alice.say(f"m{n}", "Alice", ack=n)
+        by_id = alice.answers(2 * SEND_BURST)
+        answers = [by_id[n] for n in range(2 * SEND_BURST)]
+        allowed = SEND_BURST + SEND_RATE * (time.monotonic() - started)
+        accepted = [f"m{n}" for n, answer in enumerate(answers) if answer == {"ok": True}]
+        assert [answer for answer in answers if answer != {"ok": True}] == [{"error": TOO_FAST}] * (
+            2 * SEND_BURST - len(accepted)
+        )
+        assert SEND_BURST <= len(accepted) <= allowed
+        # Carol's message, published after all of Alice's, closes what Bob receives from A.
+        carol.say("end", "Carol")
+        received = [bob.next_event("new message")["text"]]
+        while received[-1] != "end":
+            received.append(bob.next_event("new message")["text"])
+        # (In any order: python-socketio runs each event's handler in a thread of its own.)
+        assert sorted(received[:-1]) == sorted(accepted)
+    finally:
+        for client in (alice, carol, bob):
+            client.close()
+
+
+def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
+    """Issue 11's experiment: 20 listeners (10 on each server), one sends 5,000 events at once."""
+    _, server_a, server_b = shared
+    with ExitStack() as stack:
+
+        def open_client(server):
+            client = SocketIOByHand(server)
+            stack.callback(client.close)
+            return client
+
+        listeners = [
+            Listener(open_client(server).receive, socketio_texts)
+            for server in [server_a, server_b] * 10
+        ]
+        flooder, prober = open_client(server_a), open_client(server_b)
+        flood_started = time.monotonic()
+        for n in range(5000):
+            flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
+        flooder.say("one more", ack=1)
+        assert flooder.answers(1) == {1: {"error": TOO_FAST}}
+        probe_sent = time.monotonic()
+        prober.say("probe")
+        while flooder.next_event("new message")["text"] != "probe":  # still in the room
+            pass
+        wait_until(
+            lambda: all(ear.arrival("probe") or ear.ended for ear in listeners),
+            "every listener has the probe or was dropped",
+        )
+        allowed = SEND_BURST + SEND_RATE * (time.monotonic() - flood_started)
+        assert [ear.ended for ear in listeners] == [None] * 20
+    assert max(ear.arrival("probe") - probe_sent for ear in listeners) < 1
+    for ear in listeners:
+        assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounded(
+    redis_server, tmp_path
+):
+    """A frozen client on server A, and a sender on server B: every message, 6 kB on the wire,
+    reaches A through Redis. 15 MB in all; the frozen client is dropped by A once it is QUEUE
+    packets behind, and A's memory stays flat.
+    """
+    total, batch = 2500, 20
+    text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
+    server_a, server_b = start_two_servers(tmp_path, redis_server, SEND_RATE=0)
+    try:
+        rss = psutil.Process(server_a.process.pid).memory_info
+        sender = SocketIOByHand(server_b)
+        frozen = connect(
+            engine_io_url(server_a),
+            sock=tiny_buffer_socket(server_a),
+            compression=None,
+            max_queue=1,  # websockets stops reading the socket at the first unread packet
+            close_timeout=0.1,
+            legacy=True,
+        )
+        try:
+            frozen.send("40")
+            while sender.next_event("presence")["count"] != 2:
+                pass
+            online, dropped_after = 2, None
+            for first in range(0, total, batch):
+                if first == batch:
+                    start_rss = rss().rss  # after the first batch has warmed the server up
+                for n in range(first, first + batch):
+                    sender.say(f"{n} {text}")
+                # Read our own messages back, so that the sender never falls behind itself.
+                received = 0
+                while received < batch:
+                    name, data = event_in(sender.receive()) or (None, None)
+                    received += name == "new message"
+                    if name == "presence":
+                        online = data["count"]
+                if online == 1 and dropped_after is None:
+                    dropped_after = first + batch
+            grown = rss().rss - start_rss
+        finally:
+            frozen.socket.close()
+            sender.close()
+    finally:
+        for server in (server_a, server_b):
+            server.stop()
+    assert dropped_after is not None, "the frozen client was never dropped"
+    assert dropped_after <= frames_to_fill_the_kernel_buffers(6000) + QUEUE + 100
+    assert "packets behind" in server_a.output()
+    # Without the check A grew by 12 MB here; with it, by less than 1 MB.
+    assert grown < 5 * 2**20, f"server A grew by {grown / 2**20:.1f} MB"
 
 
 def test_announce_py_without_redis_says_so_and_fails():
@@ -316,8 +482,9 @@ def test_run_py_starts_two_servers_with_a_private_redis_and_ctrl_c_stops_them_al
             output.append(lines.get(timeout=30))
         assert "starting a private one" in "".join(output)
         children = psutil.Process(run.pid).children(recursive=True)
-        assert sorted(child.name() for child in children)[-1] == "redis-server"
         assert len(children) == 3
+        redis_program = os.path.realpath(shutil.which("redis-server"))
+        assert [child.exe() for child in children].count(redis_program) == 1
         for server_port in (port, port + 1):
             page = urllib.request.urlopen(f"http://127.0.0.1:{server_port}/", timeout=5).read()
             assert f"127.0.0.1:{server_port}".encode() in page

@@ -14,7 +14,7 @@ from flask import Flask, render_template
 from flask_sock import Sock
 
 MAX_MESSAGE_BYTES = 64 * 1024
-# Seconds between two pushes; the article used 5, the tests use a fraction of a second.
+# Seconds between two pushes; the original article used 5, the tests use a fraction of a second.
 CLOCK_INTERVAL = float(os.environ.get("CLOCK_INTERVAL", "5"))
 
 app = Flask(__name__)
@@ -44,7 +44,7 @@ def htmx1():
 
 @app.get("/mismatch")
 def mismatch():
-    # A teaching page: htmx 4 with the article's htmx 1 attribute, which htmx 4 ignores.
+    # A teaching page: htmx 4 with the original article's htmx 1 attribute, which htmx 4 ignores.
     return render_template("mismatch.html", **widgets())
 
 

@@ -3,12 +3,14 @@
 The page sends its form over the /chatroom socket with htmx 4 (`hx-ws:send`); the server checks
 each message and broadcasts it to every page as an HTML fragment. A newcomer first gets the last
 messages. Every connection has its own bounded outbox and writer (hub.py), so one frozen client
-cannot stall the room. Run it with `make step-03` or `python app.py`.
+cannot stall the room, and its own rate limit, so one flooding client cannot flood it. Run it
+with `make step-03` or `python app.py`.
 """
 
 import json
 import os
 import threading
+import time
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -32,8 +34,18 @@ hub = Hub(
     queue_size=int(os.environ.get("QUEUE", "100")),
     drop_grace=float(os.environ.get("DROP_GRACE", "5")),
 )
-# Counting and announcing the people online must not interleave, or an old count could win.
-online_lock = threading.Lock()
+# SEND_BURST: how many messages a page may send in a row; SEND_RATE: how many a second after
+# that (0 turns the limit off). A person typing never meets the defaults.
+SEND_BURST = int(os.environ.get("SEND_BURST", "10"))
+SEND_RATE = float(os.environ.get("SEND_RATE", "5"))
+TOO_FAST = (
+    f"Slow down: at most {SEND_BURST} messages in a row, then {SEND_RATE:g} a second. "
+    "That one was not sent."
+)
+# Joins come in storms (after a restart every page reconnects at once): the people online count
+# goes out at most once per PRESENCE_DELAY seconds, always the latest.
+PRESENCE_DELAY = 0.2
+online_changed = threading.Event()
 
 
 @app.get("/")
@@ -56,8 +68,9 @@ def refuse_cross_site_sockets():
 @sock.route("/chatroom")
 def chatroom(ws):
     client = hub.join(ws)
-    announce_online()
-    showing_error = False
+    online_changed.set()
+    limit = SendLimit(SEND_BURST, SEND_RATE)
+    alert = None  # what this page's alert shows
     try:
         # This thread is the only reader of the socket, the client's writer thread its only
         # writer. receive() waits at most a second (see step 01: a too-big message closes the
@@ -66,14 +79,18 @@ def chatroom(ws):
             frame = ws.receive(timeout=1)
             if frame is None:
                 continue
-            name, text, error = read_message(frame)
-            if error:
-                hub.send(client, render_template("_error.html", error=error))
-                showing_error = True
+            if not limit.allow():  # every frame counts, good or bad
+                # Said once per flood: an answer to every frame would fill the sender's outbox.
+                if alert != TOO_FAST:
+                    alert = TOO_FAST
+                    hub.send(client, render_template("_error.html", error=alert))
                 continue
-            if showing_error:  # the sender got it right this time: clear the alert
-                hub.send(client, render_template("_error.html", error=None))
-                showing_error = False
+            name, text, error = read_message(frame)
+            if error or alert:  # a new alert, or clearing the last one: this one is fine
+                alert = error
+                hub.send(client, render_template("_error.html", error=alert))
+            if error:
+                continue
             message = {"name": name, "text": text, "at": datetime.now().astimezone()}
             hub.broadcast(
                 render_template("_new_message.html", message=message),
@@ -81,7 +98,28 @@ def chatroom(ws):
             )
     finally:
         hub.leave(client)
-        announce_online()
+        online_changed.set()
+
+
+class SendLimit:
+    """A token bucket: `burst` messages at once, then `rate` a second; rate 0 means no limit."""
+
+    def __init__(self, burst: int, rate: float):
+        self.burst = self.tokens = burst
+        self.rate = rate
+        self.last = time.monotonic()
+
+    def allow(self) -> bool:
+        if not self.rate:
+            return True
+        now = time.monotonic()
+        # The bucket refills with time, up to `burst`; each message takes one token.
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def read_message(frame):
@@ -109,9 +147,21 @@ def read_message(frame):
 
 
 def announce_online():
-    with online_lock:
-        hub.broadcast(render_template("_online.html", online=len(hub)))
+    """Send the latest count to every page when it changed, at most once per PRESENCE_DELAY.
 
+    One broadcast per join would cost N² frames for N joins: 500 pages reconnecting after a
+    restart would be sent 125,000 counts. Coalesced, they cost a few broadcasts.
+    """
+    while True:
+        online_changed.wait()
+        online_changed.clear()  # before counting: a change from now on is announced next time
+        with app.app_context():
+            hub.broadcast(render_template("_online.html", online=len(hub)))
+        time.sleep(PRESENCE_DELAY)
+
+
+# One announcer for the whole room, waiting from the start for the first page.
+threading.Thread(target=announce_online, daemon=True).start()
 
 if __name__ == "__main__":
     app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "5000")))

@@ -3,15 +3,19 @@
 Every server is started with the same `message_queue`: an emit on one server is published to
 Redis and delivered by every server to its own clients, so Alice on one server and Bob on
 another share one chat. Presence lives in Redis too, one key per server that expires unless
-the server's heartbeat renews it. Run it with `make step-05` (two servers) or `python app.py`.
+the server's heartbeat renews it. Each server limits its own senders and drops its own clients
+that fall too far behind. Run it with `make step-05` (two servers) or `python app.py`.
 """
 
+import contextlib
 import os
+import queue
 import threading
+import time
 from datetime import datetime
 
 import redis
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from flask_socketio import SocketIO, emit
 
 MAX_MESSAGE_CHARS = 500
@@ -23,6 +27,19 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PRESENCE_INTERVAL = float(os.environ.get("PRESENCE_INTERVAL", "1"))
 SERVER = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 PRESENCE_KEY = f"online:{SERVER}"
+# SEND_BURST: how many messages a page may send in a row; SEND_RATE: how many a second after
+# that (0 turns the limit off). A person typing never meets the defaults.
+SEND_BURST = int(os.environ.get("SEND_BURST", "10"))
+SEND_RATE = float(os.environ.get("SEND_RATE", "5"))
+TOO_FAST = (
+    f"Slow down: at most {SEND_BURST} messages in a row, then {SEND_RATE:g} a second. "
+    "That one was not sent."
+)
+# QUEUE: how many packets a client may fall behind before it is dropped.
+QUEUE = int(os.environ.get("QUEUE", "100"))
+# How often the room is looked after: the clients too far behind are dropped, and the people
+# online count goes out if it changed (at most once per look, however many joined meanwhile).
+ROOM_CHECK = 0.2
 
 app = Flask(__name__)
 # threading: one thread per connection on simple-websocket, no eventlet or gevent to install.
@@ -45,9 +62,11 @@ store = redis.Redis.from_url(
 )
 
 online = 0  # this server's clients; the total across servers is the sum of the keys in Redis
-online_lock = threading.Lock()  # handlers run in one thread per client
+online_changed = False
+online_lock = threading.Lock()  # handlers run in threads of their own
+send_limits = {}  # one SendLimit per connection, by its sid
 redis_problem = None  # why Redis last failed, or None while it answers
-clock = beat = None  # the background tasks, started by the first client that connects
+tasks = None  # the background tasks, started by the first client that connects
 tasks_lock = threading.Lock()
 
 
@@ -59,17 +78,24 @@ def index():
 @socketio.on("connect")
 def on_connect():
     start_background_tasks()
+    send_limits[request.sid] = SendLimit(SEND_BURST, SEND_RATE)
     count_online(+1)
 
 
 @socketio.on("disconnect")
 def on_disconnect(reason):
+    send_limits.pop(request.sid, None)
     count_online(-1)
 
 
 @socketio.on("send message")
 def on_send_message(message):
     # What we return is the acknowledgement: it goes back to the sender alone, to its own emit.
+    # Every event counts. (A client that left while its events waited for a thread has no limit
+    # any more; nobody reads the answer then.)
+    limit = send_limits.get(request.sid)
+    if limit is None or not limit.allow():
+        return {"error": TOO_FAST}
     name, text, error = read_message(message)
     if error:
         return {"error": error}
@@ -102,11 +128,74 @@ def read_message(message):
     return name or "anonymous", text, None
 
 
+class SendLimit:
+    """A token bucket: `burst` messages at once, then `rate` a second; rate 0 means no limit."""
+
+    def __init__(self, burst: int, rate: float):
+        self.burst = self.tokens = burst
+        self.rate = rate
+        self.last = time.monotonic()
+        self.lock = threading.Lock()  # the events of one client may run in two threads at once
+
+    def allow(self) -> bool:
+        if not self.rate:
+            return True
+        with self.lock:
+            now = time.monotonic()
+            # The bucket refills with time, up to `burst`; each message takes one token.
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+
+
 def count_online(change):
-    global online
+    global online, online_changed
     with online_lock:
         online += change
-    push_presence(everywhere=True)
+        online_changed = True
+
+
+def look_after_the_room():
+    """Every ROOM_CHECK seconds: drop the clients too far behind, then send the count.
+
+    The count goes to every server's pages if it changed since the last look: one presence
+    event per join would cost N² packets for N joins, 125,000 for 500 pages reconnecting after a
+    restart. Coalesced, they cost a few broadcasts.
+    """
+    global online_changed
+    while True:
+        drop_clients_behind()
+        with online_lock:
+            changed, online_changed = online_changed, False
+        if changed:
+            push_presence(everywhere=True)
+        socketio.sleep(ROOM_CHECK)
+
+
+def drop_clients_behind():
+    """Drop every client more than QUEUE packets behind: it stopped reading, or cannot keep up.
+
+    Engine.IO queues what we emit to a client without limit, and offers no setting for one; its
+    heartbeat ends a client that stops answering pings, but only after 25 + 20 s, and never one
+    that answers them without reading. So we look at its queues (an internal, pinned in
+    pyproject.toml; tests/test_05_scale_out.py fails if it changes). Each server looks after its
+    own clients, whichever server the messages came from.
+    """
+    for client in socketio.server.eio.sockets.copy().values():
+        behind = client.queue.qsize()
+        if behind > QUEUE:
+            app.logger.warning("Dropped client %s: %d packets behind", client.sid, behind)
+            # abort: no close packet (it would wait behind the rest); runs our disconnect handler.
+            client.close(wait=False, abort=True)
+            # Free what it will never read. Its writer thread may be stuck sending to it until
+            # its connection closes; the None ends that thread as soon as it gets there.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    client.queue.get_nowait()
+            client.queue.put(None)
 
 
 def heartbeat():
@@ -166,11 +255,14 @@ def log_redis_problem(error):
 def start_background_tasks():
     # Started on the first connection, not at import: the debug reloader's watcher process
     # imports this file too but never accepts a connection, so only the serving process ticks.
-    global clock, beat
+    global tasks
     with tasks_lock:
-        if clock is None:
-            clock = socketio.start_background_task(push_time)
-            beat = socketio.start_background_task(heartbeat)
+        if tasks is None:
+            tasks = [
+                socketio.start_background_task(push_time),
+                socketio.start_background_task(look_after_the_room),
+                socketio.start_background_task(heartbeat),
+            ]
 
 
 def push_time():

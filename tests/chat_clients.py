@@ -1,0 +1,245 @@
+"""The chat steps' test helpers (03, 04, 05): one name for each thing, whatever the protocol.
+
+- In the browser, the three pages have the same labels and roles: `open_chat`, `say`,
+  `messages`, `online_count`.
+- Step 03 on the wire: JSON frames in, HTML fragments out (`chat_frame`, `messages_in`, ...).
+- Steps 04 and 05 on the wire: Socket.IO spoken by hand over a plain WebSocket (`SocketIOByHand`).
+- For floods and frozen clients: `Listener` reads a connection in a thread of its own, and
+  `tiny_buffer_socket` makes a client whose reads the server soon cannot outpace.
+"""
+
+import html
+import json
+import re
+import socket
+import threading
+import time
+
+from playwright.sync_api import expect
+from websockets.sync.client import connect
+
+# --- in the browser ---
+
+
+def open_chat(page, server, name=None, online=None):
+    """Open the chat page and wait until it is connected; type `name` into its Name box.
+
+    Connected means: the count shows `online` if given (step 03's page has no status), else the
+    page says "connected" (steps 04 and 05).
+    """
+    page.goto(server.url)
+    if online is None:
+        expect(page.locator("#status")).to_have_text("connected")
+    else:
+        expect(online_count(page)).to_have_text(str(online))
+    if name:
+        page.get_by_label("Name").fill(name)
+
+
+def say(page, text):
+    page.get_by_label("Message").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def messages(page):
+    """The messages the page shows, as list items of its log."""
+    return page.get_by_role("log").get_by_role("listitem")
+
+
+def online_count(page):
+    return page.get_by_role("status", name="People online")
+
+
+# --- step 03 on the wire ---
+
+# One message as step 03 renders it (templates/_message.html), the online count and the alert.
+MESSAGE = re.compile(
+    r'<li class="message"><b>(.*?)</b> <time [^>]*>[^<]*</time> <span>(.*?)</span>'
+)
+ONLINE = re.compile(r'<output id="online"[^>]*>(\d+)</output>')
+ALERT = re.compile(r'<p id="error" role="alert"[^>]*>(.*?)</p>')
+
+
+def chat_frame(text, name="bench"):
+    """The JSON frame htmx sends for the form (with fewer headers)."""
+    return json.dumps({"name": name, "chat_message": text, "headers": {"HX-Request": "true"}})
+
+
+def messages_in(frame):
+    """The (name, text) of every message fragment in one frame, as the page would show them."""
+    return [(html.unescape(name), html.unescape(text)) for name, text in MESSAGE.findall(frame)]
+
+
+def texts(messages):
+    return [text for _name, text in messages]
+
+
+def message_texts(frame):
+    """The texts of the messages in one frame (for `Listener`)."""
+    return texts(messages_in(frame))
+
+
+def online_counts(frame):
+    """The online count in one frame, if it carries one (for `Listener`)."""
+    return [int(count) for count in ONLINE.findall(frame)]
+
+
+def next_messages(ws, timeout=5):
+    """Wait for the next frame that carries messages (skipping counts and alerts)."""
+    while True:
+        found = messages_in(ws.recv(timeout=timeout))
+        if found:
+            return found
+
+
+def next_alert(ws, timeout=5):
+    """Wait for the next frame that carries the alert; return its text."""
+    while not (found := ALERT.search(ws.recv(timeout=timeout))):
+        pass
+    return html.unescape(found.group(1))
+
+
+# --- steps 04 and 05 on the wire ---
+
+
+ACK = re.compile(r"43(\d+)\[")
+
+
+def engine_io_url(server):
+    return f"{server.ws_url}/socket.io/?EIO=4&transport=websocket"
+
+
+def event_in(packet):
+    """(name, data) of a Socket.IO event packet `42["name", data]`, or None for other packets."""
+    if not packet.startswith("42["):
+        return None
+    name, *data = json.loads(packet[2:])
+    return name, (data[0] if data else None)
+
+
+class SocketIOByHand:
+    """A Socket.IO client spoken by hand over a plain WebSocket: Engine.IO 4, then Socket.IO 5.
+
+    `0{...}` opens, `40` joins the main namespace, `42["event", data]` is an event, `42N[...]`
+    asks for acknowledgement N, which comes back as `43N[...]`; the server pings with `2`, and
+    this client answers `3` while it reads. (websockets' client, with a short close_timeout since
+    Werkzeug keeps the TCP connection open after the close handshake. Not simple-websocket's
+    1.1: when the open packet arrives with the handshake's response, it leaves the packet
+    unread until more data comes, here the first ping, 25 s later.)
+    """
+
+    def __init__(self, server):
+        # No Origin header, like most scripts.
+        self.ws = connect(engine_io_url(server), compression=None, close_timeout=0.1, legacy=True)
+        self.opened = self.receive()  # the open packet: 0{"sid":...}
+        self.ws.send("40")  # join the main namespace
+        self.before_join = self.receive_until("40")
+
+    def receive(self, timeout=5):
+        """The next packet other than a ping (which it answers)."""
+        while (packet := self.ws.recv(timeout=timeout)) == "2":
+            self.ws.send("3")
+        return packet
+
+    def receive_until(self, prefix, timeout=5):
+        """Packets up to the first that starts with `prefix`, that one last."""
+        packets = [self.receive(timeout)]
+        while not packets[-1].startswith(prefix):
+            packets.append(self.receive(timeout))
+        return packets
+
+    def next_event(self, name, timeout=5):
+        """The data of the next event called `name`."""
+        while (event := event_in(self.receive(timeout))) is None or event[0] != name:
+            pass
+        return event[1]
+
+    def emit(self, event, data, ack=None):
+        self.ws.send(f"42{'' if ack is None else ack}" + json.dumps([event, data]))
+
+    def say(self, text, name="bench", ack=None):
+        self.emit("send message", {"data": text, "username": name}, ack)
+
+    def answers(self, count, timeout=5):
+        """The next `count` acknowledgements, {ack id: what the handler returned}.
+
+        They come in the order the handlers finish, and python-socketio runs each event's handler
+        in a thread of its own.
+        """
+        found = {}
+        while len(found) < count:
+            if acked := ACK.match(packet := self.receive(timeout)):
+                found[int(acked[1])] = json.loads(packet[acked.end() - 1 :])[0]
+        return found
+
+    def close(self):
+        self.ws.close()
+
+
+def socketio_texts(packet):
+    """The texts of the chat messages in one Socket.IO packet (for `Listener`)."""
+    event = event_in(packet)
+    return [event[1]["text"]] if event and event[0] == "new message" else []
+
+
+def socketio_counts(packet):
+    """The online count in one Socket.IO packet, if it carries one (for `Listener`)."""
+    event = event_in(packet)
+    return [event[1]["count"]] if event and event[0] == "presence" else []
+
+
+# --- floods and frozen clients ---
+
+
+class Listener(threading.Thread):
+    """Reads a chat connection in a thread of its own, noting what it received and when.
+
+    `receive` returns the next frame or packet and raises once the connection is closed; `parse`
+    finds what the test looks for in one (message texts, online counts).
+    """
+
+    def __init__(self, receive, parse):
+        super().__init__(daemon=True)
+        self.receive, self.parse = receive, parse
+        self.items = []  # (item, time.monotonic() of its arrival), in order
+        self.ended = None  # why the connection ended: the exception that closed it
+        self.start()
+
+    def run(self):
+        try:
+            while True:
+                frame = self.receive()
+                now = time.monotonic()
+                self.items += [(item, now) for item in self.parse(frame)]
+        except Exception as error:  # closed by the server, or by the test when it is done
+            self.ended = error
+
+    def arrival(self, wanted):
+        """When `wanted` first arrived, or None."""
+        return next((at for item, at in self.items if item == wanted), None)
+
+    def latest(self):
+        return self.items[-1][0] if self.items else None
+
+
+def tiny_buffer_socket(server):
+    """A TCP connection to the server whose client side takes in at most a few KB at a time.
+
+    Wrapped in a WebSocket client that stops reading, it fills the server's buffers quickly.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def frames_to_fill_the_kernel_buffers(frame_bytes):
+    """Enough frames to fill the kernel's buffers between the server and a frozen client."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as limits:
+            send_buffer = int(limits.read().split()[2])
+    except OSError:
+        send_buffer = 4 * 1024 * 1024  # Linux's default maximum
+    # The send buffer holds at most `send_buffer` bytes (payload and overhead); a few hundred
+    # frames more cover the frozen client's tiny receive buffer and its outbox on the server.
+    return send_buffer // frame_bytes + 300
