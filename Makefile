@@ -34,18 +34,39 @@ step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. mak
 	@echo "Step $*: open http://$(HOST):$(PORT)/ in your browser (Ctrl-C stops the server)."
 	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,$*)/app.py
 
-step-05: $(VENV)/.runtime vendor-05 ## Serve step 05: two servers sharing Redis, on PORT and PORT+1
-	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,05)/run.py
-
-# Step 08: the step's Procfile, run by honcho: nginx on these ports, in front of two app servers
-# on free ports, and a private Redis on a free port unless one answers at REDIS_URL.
-HTTPS_PORT ?= 8443
-HTTP_PORT ?= 8080
+# Steps 05 and 08 run their Procfile with honcho, from the step's folder, with the Redis at
+# REDIS_URL if one answers there, otherwise with the Procfile's own redis on a free port. Ctrl-C
+# stops every process (honcho then exits with 130, which is no error here).
 REDIS_URL ?= redis://127.0.0.1:6379/0
 redis_answers = $(CURDIR)/$(PY) -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).ping()' \
 	$(REDIS_URL) 2>/dev/null
 free_ports = $(CURDIR)/$(PY) -c 'import socket, sys; s = [socket.socket() for _ in sys.argv[1:]]; \
 	[x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))'
+honcho = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" honcho start
+define NEED_05
+No Redis answers at $(REDIS_URL), and there is no redis-server here to start a private one.
+Install Redis, then run this again:
+  Debian or Ubuntu:  sudo apt-get install redis-server
+  macOS (Homebrew):  brew install redis
+Or point REDIS_URL at a Redis you already run: REDIS_URL=redis://host:6379/0 make step-05
+endef
+export NEED_05
+
+# Two servers: honcho's -c server=2 gives the first PORT and the second PORT+1.
+step-05: $(VENV)/.runtime vendor-05 ## Serve step 05: two servers sharing Redis, on PORT and PORT+1
+	@cd $(call step_dir,05) && set -- $$($(free_ports) redis) && \
+	if $(redis_answers); then redis_url=$(REDIS_URL) processes=server; \
+	else command -v redis-server >/dev/null || { echo "$$NEED_05" >&2; exit 1; }; \
+		redis_url=redis://127.0.0.1:$$1/0 processes="server redis"; \
+		echo "No Redis answers at $(REDIS_URL): starting a private one on port $$1."; fi && \
+	echo "Two servers share $$redis_url: open http://$(HOST):$(PORT)/ and http://$(HOST):$$(($(PORT) + 1))/" && \
+	echo "Ctrl-C stops everything." && \
+	{ HOST=$(HOST) PORT=$(PORT) REDIS_URL=$$redis_url REDIS_PORT=$$1 \
+		$(honcho) -c server=2 $$processes || test $$? -eq 130; }
+
+# Step 08: nginx on these ports, in front of two app servers on free ports.
+HTTPS_PORT ?= 8443
+HTTP_PORT ?= 8080
 define NEED_08
 make installs nothing system-wide. Install them, then run make step-08 again:
   Debian or Ubuntu:  sudo apt-get install nginx openssl redis-server
@@ -62,9 +83,8 @@ step-08: $(VENV)/.runtime vendor-08 tools-08 $(call step_dir,08)/instance/localh
 		echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; fi && \
 	echo "Step 08: open https://localhost:$(HTTPS_PORT)/ (accept the self-signed certificate once)." && \
 	echo "Ctrl-C stops everything." && \
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) \
-		HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url \
-		honcho start $$processes
+	{ INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 \
+		APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url $(honcho) $$processes || test $$? -eq 130; }
 
 tools-08: $(VENV)/.runtime
 	@missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
