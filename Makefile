@@ -86,7 +86,7 @@ step-08: $(VENV)/.runtime vendor-08 tools-08 $(call step_dir,08)/instance/localh
 	{ INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 \
 		APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url $(honcho) $$processes || test $$? -eq 130; }
 
-tools-08: $(VENV)/.runtime
+tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 08) are here
 	@missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	command -v redis-server >/dev/null || $(redis_answers) || missing="$$missing redis-server"; \
 	test -z "$$missing" || { echo "Step 08 runs real servers, and this machine lacks:$$missing" >&2; \

@@ -449,6 +449,17 @@ def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_agai
         expect(alice.locator("section.room[data-room='general'] li span")).to_have_text(
             ["before", "during"]
         )
+        # Each server now knows only its own people; jobs, which live in Redis, are refused.
+        for page in (alice, bob):
+            expect(page.locator("section.room[data-room='general'] .presence")).to_have_text(
+                user_name(page)
+            )
+        jobs = alice.context.request
+        assert jobs.get(f"{own_stack.url}/jobs/0badcafe/events").status == 503
+        token = alice.locator("input[name=csrf_token]").first.get_attribute("value")
+        headers = {"Referer": f"{own_stack.url}/jobs"}
+        answer = jobs.post(f"{own_stack.url}/jobs", form={"csrf_token": token}, headers=headers)
+        assert answer.status == 503
         back = time.monotonic()
         own_stack.start("redis")  # an empty Redis: this one keeps nothing on disk
         # Each app server's listener subscribes again after 1, 2, 4 ... s (python-socketio).
@@ -460,6 +471,10 @@ def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_agai
             expect(page.locator("section.room[data-room='general'] li span")).to_have_text(seen)
             expect(page.locator("#status")).to_have_text("connected")
     assert closed == [[], []]
+    bob.reload()  # the database has it all
+    expect(bob.locator("section.room[data-room='general'] li span")).to_have_text(
+        ["before", "during", "after"]
+    )
 
 
 # --- make step-08 ---

@@ -67,10 +67,15 @@ def start_job():
             return render_template("_error.html", error=f"{error} Try again when one is done."), 429
         job = Job(secrets.token_hex(4), JOB_STEPS)
         running.add(job.id)
-    with store.pipeline() as pipe:
-        pipe.hset(job.info, mapping={"owner": current_user.id, "steps": job.steps})
-        pipe.expire(job.info, int(LOST_AFTER) + 1)
-        pipe.execute()
+    try:
+        with store.pipeline() as pipe:
+            pipe.hset(job.info, mapping={"owner": current_user.id, "steps": job.steps})
+            pipe.expire(job.info, int(LOST_AFTER) + 1)
+            pipe.execute()
+    except redis.RedisError:
+        with running_lock:
+            running.discard(job.id)
+        raise  # answered with 503, below
     threading.Thread(target=run, args=(job, current_app._get_current_object()), daemon=True).start()
     card = render_template("_job.html", job=job) + render_template("_error.html", error=None)
     return card, 201, {"Location": url_for("jobs.job_page", job_id=job.id)}
