@@ -99,13 +99,17 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 		-addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
 		-keyout $(@D)/localhost-key.pem -out $@ 2>/dev/null
 
-test: $(VENV)/.test vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
-	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest
+# The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Three
+# processes share the test files (each file in one, so its servers are started once): most tests
+# wait on a browser or a server, so three fit on two cores.
+test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
+	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
+		-n 3 --dist loadfile
 
-test-fast: $(VENV)/.test vendor ## Run the tests that need no browser (notebooks included)
+test-fast: $(VENV)/.test $(VENV)/.runtime vendor ## Run the tests that need no browser (notebooks included)
 	$(PY) -m pytest -m "not e2e"
 
-test-step-%: $(VENV)/.test vendor-% ## Run one step's tests and its notebook, e.g. make test-step-01
+test-step-%: $(VENV)/.test $(VENV)/.runtime vendor-% ## Run one step's tests and its notebook, e.g. make test-step-01
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
 		$(wildcard tests/test_$*_*.py) tests/test_notebooks.py -k "$*_ or not notebook"
 
@@ -133,7 +137,7 @@ bench_report = BENCH_RESULTS=$(1).json $(VENV)/bin/jupyter nbconvert --execute -
 
 # `make diff` leaves out READMEs and style sheets: the lesson is in the code and the templates.
 step_diff = test -n "$(A)" -a -n "$(B)" || { echo "Usage: make $@ A=01 B=02" >&2; exit 1; }; \
-	diff -ruN --exclude=vendor --exclude=__pycache__ $(1) $(call step_dir,$(A)) $(call step_dir,$(B)); \
+	diff -ruN --exclude=vendor --exclude=__pycache__ --exclude=instance $(1) $(call step_dir,$(A)) $(call step_dir,$(B)); \
 	test $$? -le 1
 
 diff: ## Show the code and templates step B changes from step A, e.g. make diff A=01 B=02

@@ -444,7 +444,7 @@ def test_make_step_05_without_redis_server_says_how_to_install_it(tmp_path):
     # A PATH with what make itself needs, and no redis-server.
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in ("sh", "install", "mkdir"):
+    for tool in ("sh", "install", "mkdir", "touch"):
         (tools / tool).symlink_to(shutil.which(tool))
     done = subprocess.run(
         make_step_05(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PORT=free_port()),

@@ -877,9 +877,10 @@ def test_page_with_twenty_rooms_joins_them_all_even_over_long_polling(page, chat
     # takes at most 16 in one: the page joins its 22 rooms one after the other.
     page.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())
     page.goto(chat.url)
-    # Each room answers its join with a presence broadcast; all 22 list Alice. (One round trip
-    # per join over long-polling: seconds on a loaded machine.)
-    expect(page.locator(".presence")).to_have_text(
+    # Each room answers its join with a presence broadcast; all 22 list Alice (general and random
+    # may list people of other tests too). One round trip per join over long-polling: seconds on
+    # a loaded machine.
+    expect(page.locator(".presence")).to_contain_text(
         [alice.name] * (len(rooms) + 2), timeout=RECONNECT_TIMEOUT
     )
     expect(page.get_by_role("alert")).to_have_text("")
@@ -961,10 +962,11 @@ def test_page_moves_its_bookmark_only_when_every_room_has_answered(page, chat, c
     page.route(re.compile(r"/socket\.io/\?EIO=4&transport=polling"), lose_last_join_answer)
     page.goto(f"{chat.url}/?room={room}")
     expect(log(page, room).get_by_role("listitem")).to_have_count(3)
-    wait_until(lambda: lost, "the last join's answer is lost")
+    if not lost:  # route handlers run only while the test waits in a Playwright call
+        page.wait_for_event("requestfinished", predicate=lambda request: bool(lost))
     # Everything is shown, but one room has not answered: the bookmark stays where it was.
     assert page.evaluate("[bookmark, newest > 0]") == [0, True]
-    page.unroute_all()
+    page.unroute_all(behavior="ignoreErrors")  # a long poll may still be in its handler
     with no_reload(page):
         page.context.set_offline(True)
         expect(page.locator("#status")).to_have_text("disconnected")

@@ -7,11 +7,17 @@ import pytest
 from harness import ROOT
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# A notebook that drives Chromium is a browser test: `make test-fast` leaves it out.
+NOTEBOOKS = [
+    pytest.param(
+        path, id=path.stem, marks=pytest.mark.e2e if "playwright" in path.read_text() else ()
+    )
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+]
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS)
 def test_notebook_runs_twice_in_one_kernel(path: Path):
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
