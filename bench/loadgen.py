@@ -5,10 +5,12 @@ t=8123.456789`, on the clock all processes share); every client finds them in wh
 so each delivery is timed and every loss or duplicate counted. The clients are lean: plain
 `websockets` frames, and for Socket.IO the Engine.IO v4 packets spoken directly (python-socketio's
 own client costs more CPU than the server it would measure). Past `per_process` clients the load
-is spread over several processes, and each reports the CPU it used.
+is spread over several processes, and each reports the CPU it used. `flood()` is issue 11's
+attack instead: one client sends as fast as it can while the others listen.
 
     python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 100
     python bench/loadgen.py ws://127.0.0.1:5000/ --protocol socketio --clients 500
+    python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 20 --flood 5000
 """
 
 import argparse
@@ -21,6 +23,7 @@ import re
 import secrets
 import socket
 import statistics
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -32,7 +35,11 @@ MAX_CLIENTS, MAX_MESSAGES, MAX_CHARS = 1000, 5000, 500  # the steps refuse longe
 # Handshakes in flight at once: 500 at the same instant overflow the listen backlog (128 in
 # Werkzeug, 100 in asyncio), and we would time the kernel's SYN retry (1 s, then 3 s).
 CONNECTING_AT_ONCE = 64
-FILLER = '&<>"'  # escaped by step 03 to 4-5 characters each: large fragments
+# Large on the wire in both protocols: step 03 escapes `"` to 5 bytes and sends the emoji as 4
+# bytes of UTF-8; Socket.IO's JSON makes them 2 and 12 bytes.
+FILLER = '"\U0001f600'
+# The online count: step 03's and the reference's HTML, Socket.IO's `presence` event.
+ONLINE = re.compile(r'(?:id="online"[^>]*>|"count":)(\d+)')
 
 
 def loopback_only(url: str) -> None:
@@ -61,6 +68,16 @@ async def open_socket(url: str, protocol: str, **options):
     return ws
 
 
+def chat_frame(protocol: str, run_id: str, seq: int, size: int = 0) -> str:
+    """A chat message stamped with the run, its sequence number and the time, filled up to `size`
+    characters, framed as the page would send it."""
+    text = f"run={run_id} seq={seq} t={time.monotonic():.6f} "
+    text += (FILLER * MAX_CHARS)[: max(0, min(size, MAX_CHARS) - len(text))]
+    if protocol == "socketio":  # no acknowledgement asked
+        return "42" + json.dumps(["send message", {"username": "bench", "data": text}])
+    return json.dumps({"name": "bench", "chat_message": text})
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     """User and system CPU time, to the nanosecond where Linux has a CPU clock for the process
     (psutil counts in 10 ms ticks: too coarse for 500 deliveries of a few µs each)."""
@@ -71,18 +88,23 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 class Group:
-    """The clients of one process and what they received: the latency of every first delivery,
-    the duplicates, and how many clients the server disconnected."""
+    """The clients of one process and what they received: the latency of every first delivery
+    (and each client's arrival times by sequence number), the duplicates, how many clients the
+    server disconnected, the frames the join storm cost, and when a client first saw the online
+    count fall (someone was let go)."""
 
     def __init__(self, url: str, protocol: str, count: int, run_id: str):
         self.url, self.protocol, self.count = url, protocol, count
         self.stamp = re.compile(rf"run={run_id} seq=(\d+) t=([\d.]+)")
-        self.sockets, self.readers, self.failures = [], [], []
+        self.sockets, self.readers, self.arrivals, self.failures = [], [], [], []
         self.latencies, self.duplicates, self.dropped = [], 0, 0
+        self.frames, self.count_fell_at = 0, None
         self.last_frame, self.closing = time.monotonic(), False
 
     async def join(self, barrier) -> None:
-        """Connect every client, let the join storm pass, then wait for the other processes."""
+        """Connect every client, let the join storm pass, then wait for the other processes.
+        Every process starts connecting at the same moment: one storm, not several."""
+        await asyncio.to_thread(barrier.wait, 90)
         gate, started = asyncio.Semaphore(CONNECTING_AT_ONCE), time.monotonic()
 
         async def one():
@@ -93,29 +115,38 @@ class Group:
                 self.failures.append(repr(error))
                 return
             self.sockets.append(ws)
-            self.readers.append(asyncio.create_task(self.read(ws)))
+            self.arrivals.append(arrivals := {})
+            self.readers.append(asyncio.create_task(self.read(ws, arrivals)))
 
         await asyncio.gather(*(one() for _ in range(self.count)))
         self.connect_s = time.monotonic() - started
-        # Every join announces the count to everyone: wait until 0.3 s pass without a frame.
-        while time.monotonic() - self.last_frame < 0.3 and time.monotonic() - started < 60:
+        # Joins change the online count, which the steps send at most every 0.2 s: the storm is
+        # over when 0.5 s pass without a frame.
+        self.last_frame = max(self.last_frame, time.monotonic())
+        while time.monotonic() - self.last_frame < 0.5 and time.monotonic() - started < 60:
             await asyncio.sleep(0.05)
+        self.join_frames = self.frames
         await asyncio.to_thread(barrier.wait, 90)
         self.cpu = cpu_seconds(psutil.Process())
 
-    async def read(self, ws) -> None:
-        seen = set()
+    async def read(self, ws, arrivals: dict) -> None:
+        highest = 0  # the highest online count this client was sent
         with contextlib.suppress(ConnectionClosed):
             async for frame in ws:
                 now = self.last_frame = time.monotonic()
+                self.frames += 1
                 if frame == "2":  # an Engine.IO ping: a client that does not answer is cut
                     await ws.send("3")
                 for seq, sent in self.stamp.findall(frame):
-                    if seq in seen:
+                    if seq in arrivals:
                         self.duplicates += 1
                     else:
-                        seen.add(seq)
+                        arrivals[seq] = now
                         self.latencies.append(now - float(sent))
+                for count in map(int, ONLINE.findall(frame)):
+                    if count < highest and self.count_fell_at is None:
+                        self.count_fell_at = now
+                    highest = max(highest, count)
         self.dropped += not self.closing  # what it misses from now on counts as lost
 
     async def received(self, messages: int, deadline: float) -> dict:
@@ -123,7 +154,8 @@ class Group:
         while len(self.latencies) < messages * self.count and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         cpu = cpu_seconds(psutil.Process()) - self.cpu
-        figures = ("latencies", "duplicates", "dropped", "failures", "connect_s")
+        figures = ("latencies", "duplicates", "dropped", "failures", "connect_s", "join_frames")
+        figures += ("count_fell_at",)
         return {"cpu_s": cpu, **{name: getattr(self, name) for name in figures}}
 
     def close(self) -> None:
@@ -231,17 +263,12 @@ async def run(
         for _ in range(frozen):
             stuck.append(await frozen_client(url, protocol))
         await group.join(barrier)
-        server_cpu, first_send = server_usage(server_pid)[0] if server_pid else 0, time.monotonic()
+        server_cpu, server_rss, _ = server_usage(server_pid) if server_pid else (0, 0, 0)
+        first_send = time.monotonic()
         for seq in range(messages):
             await asyncio.sleep(max(0.0, first_send + seq / rate - time.monotonic()))
-            text = f"run={run_id} seq={seq} t={time.monotonic():.6f} "
-            text += (FILLER * MAX_CHARS)[: max(0, min(size, MAX_CHARS) - len(text))]
-            if protocol == "socketio":
-                frame = "42" + json.dumps(["send message", {"username": "bench", "data": text}])
-            else:
-                frame = json.dumps({"name": "bench", "chat_message": text})
             try:
-                await group.sockets[0].send(frame)
+                await group.sockets[0].send(chat_frame(protocol, run_id, seq, size))
             except ConnectionClosed:
                 break  # the server dropped the sender: what it could not send is lost
         reports = [await group.received(messages, time.monotonic() + drain_timeout)]
@@ -256,6 +283,8 @@ async def run(
         result.update(
             {name: sum(report[name] for report in reports) for name in ("duplicates", "dropped")},
             connect_s=max(report["connect_s"] for report in reports),
+            # What the join storm cost: the frames all the clients received before the first send.
+            join_frames=sum(report["join_frames"] for report in reports),
             expected=messages * clients,
             delivered=len(latencies),
             lost=messages * clients - len(latencies),
@@ -271,8 +300,15 @@ async def run(
         if server_pid:
             result["server_cpu_s"] = server_usage(server_pid)[0] - server_cpu
             result["cpu_us_per_delivery"] = 1e6 * result["server_cpu_s"] / max(1, len(latencies))
+            # What the server grew by while the messages flowed (peak_rss_mb is sampled too).
+            result["rss_growth_mb"] = max(peak["peak_rss_mb"], server_usage(server_pid)[1])
+            result["rss_growth_mb"] -= server_rss
         if stuck:
             result["frozen_dropped"] = sum(await asyncio.gather(*map(dropped_by_server, stuck)))
+            # When the healthy clients were first sent a smaller online count: the server let
+            # the frozen client go (step 03 lets it go DROP_GRACE seconds after dropping it).
+            fell = [report["count_fell_at"] for report in reports if report["count_fell_at"]]
+            result["frozen_let_go_s"] = min(fell) - first_send if fell else None
         return result
     finally:
         barrier.abort()  # a helper still waiting for the others gives up
@@ -287,14 +323,90 @@ async def run(
         result.update(peak)
 
 
+async def flood(
+    url: str,
+    protocol: str = "raw",
+    clients: int = 20,
+    frames: int = 5000,
+    deadline: float = 30.0,
+) -> dict:
+    """Issue 11's attack: `clients` clients listen while one more sends `frames` chat messages as
+    fast as its socket allows and reads nothing; right after, another client sends one message,
+    the probe. The figures: how many listeners the server dropped, how many of the flood's
+    messages each received, how late the probe reached them, when the flood was over (no frame
+    for a second), and whether the server dropped the flooder."""
+    loopback_only(url)
+    if not 1 <= clients <= MAX_CLIENTS or not 1 <= frames <= MAX_MESSAGES:
+        raise ValueError(f"at most {MAX_CLIENTS} clients and {MAX_MESSAGES} messages per run")
+    run_id, probe = secrets.token_hex(4), str(frames)
+    group = Group(url, protocol, clients, run_id)
+    # The flooder reads nothing (websockets stops reading its socket after 16 unread frames).
+    flooder, prober = None, None
+    try:
+        await group.join(threading.Barrier(1))
+        if group.failures:
+            raise ConnectionError(f"{len(group.failures)} listeners did not connect")
+        flooder, prober = [await open_socket(url, protocol) for _ in range(2)]
+        cpu, started, sent = cpu_seconds(psutil.Process()), time.monotonic(), 0
+        with contextlib.suppress(ConnectionClosed):  # the server may drop the flooder
+            for seq in range(frames):
+                await flooder.send(chat_frame(protocol, run_id, seq))
+                sent += 1
+        flood_s, probe_sent = time.monotonic() - started, time.monotonic()
+        await prober.send(chat_frame(protocol, run_id, frames))
+        listeners = list(zip(group.arrivals, group.readers, strict=True))
+
+        def waiting():  # listeners without the probe that the server has not dropped
+            return [got for got, reader in listeners if probe not in got and not reader.done()]
+
+        # The probe may overtake the flood (Socket.IO handles each event in a thread of its own):
+        # wait for both, the flood being over when no frame came for a second.
+        while (waiting() or time.monotonic() - group.last_frame < 1) and (
+            time.monotonic() - started < deadline
+        ):
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - started
+        probe_ms = [  # to the listeners still connected
+            1000 * (got[probe] - probe_sent)
+            for got, reader in listeners
+            if probe in got and not reader.done()
+        ]
+        received = sorted(len(got) - (probe in got) for got in group.arrivals)
+        last = max(
+            (at for got in group.arrivals for seq, at in got.items() if seq != probe),
+            default=started,
+        )
+        return {
+            "clients": clients,
+            "frames": frames,
+            "flood_sent": sent,
+            "flood_send_s": flood_s,
+            "listeners_dropped": group.dropped,
+            "flood_received": [received[0], statistics.median(received), received[-1]],
+            "flood_over_s": last - started,
+            "probe_missing": len(waiting()),
+            "probe_max_ms": max(probe_ms, default=None),
+            "load_cpu_percent": 100 * (cpu_seconds(psutil.Process()) - cpu) / elapsed,
+            "flooder_dropped": await dropped_by_server(flooder),
+        }
+    finally:
+        group.close()
+        for ws in (flooder, prober):
+            if ws:
+                ws.transport.abort()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="ws://127.0.0.1:PORT/chatroom (step 03), ws://127.0.0.1:PORT/")
     parser.add_argument("--protocol", choices=["raw", "socketio"], default="raw")
     for option in ("clients", "messages", "size", "frozen", "server-pid"):
         parser.add_argument(f"--{option}", type=int, default=argparse.SUPPRESS)
+    parser.add_argument("--flood", type=int, metavar="FRAMES", help="flood() instead of run()")
     options = vars(parser.parse_args())
-    print(json.dumps(asyncio.run(run(options.pop("url"), **options)), indent=1))
+    url, frames = options.pop("url"), options.pop("flood")
+    scenario = flood(url, frames=frames, **options) if frames else run(url, **options)
+    print(json.dumps(asyncio.run(scenario), indent=1))
 
 
 if __name__ == "__main__":

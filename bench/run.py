@@ -3,10 +3,11 @@
 Each measurement starts a fresh server on a free loopback port (tests/harness.py's StepServer,
 which also runs gunicorn and the bench's own servers), drives it with bench/loadgen.py and stops
 its process tree. The rounds are interleaved (every mode once, then again) so that noise from the
-rest of the machine spreads over all the modes, the reference included. notebooks/bench.ipynb
-turns the file into bench/results.md and its plot.
+rest of the machine spreads over all the modes, the reference included. Issue 11's attacks (a
+flood, a client that never reads) are measured on steps 03 and 04 with their defence on and off.
+notebooks/bench.ipynb turns the file into bench/results.md and its plot.
 
-    python bench/run.py              # 10, 100 and 500 clients, 3 rounds (about 15 minutes)
+    python bench/run.py              # 10, 100 and 500 clients, 3 rounds (about 18 minutes)
     python bench/run.py --quick      # 10 and 50 clients, 1 round (about a minute)
 """
 
@@ -58,20 +59,47 @@ PLANS = {  # clients, messages at 10 a second, rounds; messages and their rate w
     "quick": {"clients": (10, 50), "messages": 5, "rounds": 1, "frozen": (1500, 500)},
 }
 # The frozen client: 5 healthy clients and one that never reads, while messages of 500
-# characters (about 2.2 KB once step 03 has escaped them) overflow what the kernel buffers.
+# characters (about 2.2 KB once step 03 has escaped them, 3.3 KB in Socket.IO's JSON) overflow
+# what the kernel buffers.
 FROZEN = {"clients": 5, "frozen": 1, "size": loadgen.MAX_CHARS}
+# Issue 11's flood: 20 listeners, 5,000 frames from one client as fast as it can send them.
+FLOOD = {"clients": 20, "frames": 5000}
+# The server's environment. The bench's single sender is no abuser: no rate limit (SEND_RATE=0).
+NO_LIMIT = {"SEND_RATE": 0}
+# Issue 11's defences, measured on and off in the same run on the steps that have them: the rate
+# limit (the steps' defaults, or SEND_RATE=0 as before issue 11), and the bound on what a client
+# that never reads may hold (QUEUE=100, or a QUEUE no run reaches).
+DEFENDED = ("03 hub, Werkzeug (python app.py)", "04 Werkzeug (python app.py)")
+UNBOUNDED = {**NO_LIMIT, "QUEUE": 10**9}
 
 
-def measure(mode: tuple, log_dir: Path, **scenario) -> dict:
+def experiments(mode: tuple, plan: dict):
+    """(scenario, server environment, load generator arguments) of every measurement of a mode."""
+    for clients in plan["clients"]:
+        yield "load", NO_LIMIT, {"clients": clients, "messages": plan["messages"]}
+    messages, rate = plan["frozen"]
+    frozen = {**FROZEN, "messages": messages, "rate": rate}
+    yield "frozen", NO_LIMIT, frozen
+    if mode[0] in DEFENDED:
+        yield "frozen", UNBOUNDED, frozen
+        yield "flood", {}, FLOOD
+        yield "flood", NO_LIMIT, FLOOD
+
+
+def measure(mode: tuple, log_dir: Path, env: dict = NO_LIMIT, **scenario) -> dict:
+    """One fresh server of this mode, with `env` added to its environment, under loadgen.flood
+    (if the scenario has `frames`) or loadgen.run."""
     name, step, command = mode
     clients = scenario["clients"] + scenario.get("frozen", 0)
-    # SEND_RATE=0: no per-connection rate limit, the bench's sender is one fast client.
-    server = StepServer(step, log_dir, command=command and command(clients), SEND_RATE=0)
-    path = "/" if step.startswith("04") else "/chatroom"
+    server = StepServer(step, log_dir, command=command and command(clients), **env)
+    url = server.ws_url + ("/" if step.startswith("04") else "/chatroom")
     protocol = "socketio" if step.startswith("04") else "raw"
     try:
         server.start()
-        run = loadgen.run(server.ws_url + path, protocol, server_pid=server.process.pid, **scenario)
+        if "frames" in scenario:
+            run = loadgen.flood(url, protocol, **scenario)
+        else:
+            run = loadgen.run(url, protocol, server_pid=server.process.pid, **scenario)
         result = asyncio.run(asyncio.wait_for(run, 300))
     except Exception as error:  # a mode that fails is reported, and the bench goes on
         result = {"clients": scenario["clients"], "error": f"{type(error).__name__}: {error}"}
@@ -82,7 +110,7 @@ def measure(mode: tuple, log_dir: Path, **scenario) -> dict:
         server.stop()
         for child in children:  # gunicorn's worker
             child.kill()
-    return {"mode": name, "load_average": os.getloadavg()[0], **result}
+    return {"mode": name, "env": env, "load_average": os.getloadavg()[0], **result}
 
 
 def main() -> None:
@@ -98,6 +126,7 @@ def main() -> None:
         "plan": "quick" if options.quick else "full",
         **plan,
         "frozen_scenario": {**FROZEN, "messages": messages, "rate": rate},
+        "flood_scenario": FLOOD,
         "machine": f"{platform.machine()}, {psutil.cpu_count()} logical cores, {memory:.0f} GiB, "
         f"Python {platform.python_version()}",
         "started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -106,13 +135,10 @@ def main() -> None:
     started, rows = time.monotonic(), []
     for round_ in range(1, plan["rounds"] + 1):
         for mode in MODES:
-            for clients in plan["clients"]:
-                print(f"round {round_}: {mode[0]}, {clients} clients", flush=True)
-                result = measure(mode, log_dir, clients=clients, messages=plan["messages"])
-                rows.append({"scenario": "load", "round": round_, **result})
-            print(f"round {round_}: {mode[0]}, a frozen client", flush=True)
-            result = measure(mode, log_dir, messages=messages, rate=rate, **FROZEN)
-            rows.append({"scenario": "frozen", "round": round_, **result})
+            for scenario, env, arguments in experiments(mode, plan):
+                print(f"round {round_}: {mode[0]}, {scenario}, {arguments}, env {env}", flush=True)
+                result = measure(mode, log_dir, env, **arguments)
+                rows.append({"scenario": scenario, "round": round_, **result})
     run.update(seconds=round(time.monotonic() - started), load_average_after=os.getloadavg()[0])
     options.out.write_text(json.dumps({"run": run, "rows": rows}, indent=1) + "\n")
     print(f"wrote {options.out}; the servers' output is in {log_dir}")
