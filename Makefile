@@ -121,7 +121,7 @@ lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that no
 lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experiment with each step
 	cd notebooks && ../$(VENV)/bin/jupyter lab
 
-bench: $(VENV)/.bench ## Measure steps 03 and 04 under load, 3 rounds (~15 min): bench/results.md
+bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, 3 rounds (~12 min): bench/results.md
 	$(PY) bench/run.py --out bench/results.json
 	$(call bench_report,results,latency)
 

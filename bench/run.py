@@ -7,7 +7,7 @@ rest of the machine spreads over all the modes, the reference included. Issue 11
 flood, a client that never reads) are measured on steps 03 and 04 with their defence on and off.
 notebooks/bench.ipynb turns the file into bench/results.md and its plot.
 
-    python bench/run.py              # 10, 100 and 500 clients, 3 rounds (about 18 minutes)
+    python bench/run.py              # 10, 100 and 500 clients, 3 rounds (about 12 minutes)
     python bench/run.py --quick      # 10 and 50 clients, 1 round (about a minute)
 """
 
