@@ -154,8 +154,8 @@ class Group:
         while len(self.latencies) < messages * self.count and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         cpu = cpu_seconds(psutil.Process()) - self.cpu
-        figures = ("latencies", "duplicates", "dropped", "failures", "connect_s", "join_frames")
-        figures += ("count_fell_at",)
+        figures = ("latencies", "duplicates", "dropped", "failures", "connect_s")
+        figures += ("join_frames", "count_fell_at")
         return {"cpu_s": cpu, **{name: getattr(self, name) for name in figures}}
 
     def close(self) -> None:
