@@ -5,7 +5,7 @@ t=8123.456789`, on the clock all processes share); every client finds them in wh
 so each delivery is timed and every loss or duplicate counted. The clients are lean: plain
 `websockets` frames, and for Socket.IO the Engine.IO v4 packets spoken directly (python-socketio's
 own client costs more CPU than the server it would measure). Past `per_process` clients the load
-is spread over several processes, and each reports the CPU it used. `flood()` is issue 11's
+is spread over several processes, and each reports the CPU it used. `flood()` is the
 attack instead: one client sends as fast as it can while the others listen.
 
     python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 100

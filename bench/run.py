@@ -66,9 +66,9 @@ FROZEN = {"clients": 5, "frozen": 1, "size": loadgen.MAX_CHARS}
 FLOOD = {"clients": 20, "frames": 5000}
 # The server's environment. The bench's single sender is no abuser: no rate limit (SEND_RATE=0).
 NO_LIMIT = {"SEND_RATE": 0}
-# Issue 11's defences, measured on and off in the same run on the steps that have them: the rate
-# limit (the steps' defaults, or SEND_RATE=0 as before issue 11), and the bound on what a client
-# that never reads may hold (QUEUE=100, or a QUEUE no run reaches).
+# The steps' defences, measured on and off in the same run: the rate limit (the steps' defaults,
+# or SEND_RATE=0 as before they had it), and the bound on what a client that never reads may hold
+# (QUEUE=100, or a QUEUE no run reaches).
 DEFENDED = ("03 hub, Werkzeug (python app.py)", "04 Werkzeug (python app.py)")
 UNBOUNDED = {**NO_LIMIT, "QUEUE": 10**9}
 
