@@ -4,8 +4,9 @@
   `messages`, `online_count`.
 - Step 03 on the wire: JSON frames in, HTML fragments out (`chat_frame`, `messages_in`, ...).
 - Steps 04 and 05 on the wire: Socket.IO spoken by hand over a plain WebSocket (`SocketIOByHand`).
-- For floods and frozen clients: `Listener` reads a connection in a thread of its own, and
-  `tiny_buffer_socket` makes a client whose reads the server soon cannot outpace.
+- For floods and frozen clients: `Listener` reads a connection in a thread of its own,
+  `tiny_buffer_socket` makes a client whose reads the server soon cannot outpace, and
+  `send_past_a_frozen_client` is the Socket.IO experiment of steps 04 and 05.
 """
 
 import html
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 
+import psutil
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
@@ -243,3 +245,46 @@ def frames_to_fill_the_kernel_buffers(frame_bytes):
     # The send buffer holds at most `send_buffer` bytes (payload and overhead); a few hundred
     # frames more cover the frozen client's tiny receive buffer and its outbox on the server.
     return send_buffer // frame_bytes + 300
+
+
+def send_past_a_frozen_client(frozen_at, sending_at, total, batch=20):
+    """A Socket.IO client of server `frozen_at` that never reads, while a client of `sending_at`
+    sends `total` messages of 6 kB on the wire, `batch` at a time, reading its own back so that it
+    never falls behind itself.
+
+    Returns after how many messages the online count fell to 1 (None: never), and how many bytes
+    `frozen_at` grew from the end of the first batch (which warms the server up) to the last.
+    """
+    text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
+    rss = psutil.Process(frozen_at.process.pid).memory_info
+    sender = SocketIOByHand(sending_at)
+    frozen = connect(
+        engine_io_url(frozen_at),
+        sock=tiny_buffer_socket(frozen_at),
+        compression=None,
+        max_queue=1,  # websockets stops reading the socket at the first unread packet
+        close_timeout=0.1,
+        legacy=True,
+    )
+    try:
+        frozen.send("40")
+        while sender.next_event("presence")["count"] != 2:
+            pass
+        online, dropped_after = 2, None
+        for first in range(0, total, batch):
+            if first == batch:
+                start_rss = rss().rss
+            for n in range(first, first + batch):
+                sender.say(f"{n} {text}")
+            received = 0
+            while received < batch:
+                name, data = event_in(sender.receive()) or (None, None)
+                received += name == "new message"
+                if name == "presence":
+                    online = data["count"]
+            if online == 1 and dropped_after is None:
+                dropped_after = first + batch
+        return dropped_after, rss().rss - start_rss
+    finally:
+        frozen.socket.close()
+        sender.close()

@@ -10,7 +10,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
-import psutil
 import pytest
 from chat_clients import (
     Listener,
@@ -22,9 +21,9 @@ from chat_clients import (
     online_count,
     open_chat,
     say,
+    send_past_a_frozen_client,
     socketio_counts,
     socketio_texts,
-    tiny_buffer_socket,
 )
 from harness import ROOT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
@@ -328,42 +327,8 @@ def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounde
     server would grow by 6 kB a message. It is dropped at the first look after it is QUEUE
     packets behind, and the server's memory stays flat.
     """
-    total, batch = 1700, 20
-    text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
     with StepServer(STEP, tmp_path, SEND_RATE=0) as server:
-        rss = psutil.Process(server.process.pid).memory_info
-        sender = SocketIOByHand(server)
-        frozen = connect(
-            engine_io_url(server),
-            sock=tiny_buffer_socket(server),
-            compression=None,
-            max_queue=1,  # websockets stops reading the socket at the first unread packet
-            close_timeout=0.1,
-            legacy=True,
-        )
-        try:
-            frozen.send("40")
-            while sender.next_event("presence")["count"] != 2:
-                pass
-            online, dropped_after = 2, None
-            for first in range(0, total, batch):
-                if first == batch:
-                    start_rss = rss().rss  # after the first batch has warmed the server up
-                for n in range(first, first + batch):
-                    sender.say(f"{n} {text}")
-                # Read our own messages back, so that the sender never falls behind itself.
-                received = 0
-                while received < batch:
-                    name, data = event_in(sender.receive()) or (None, None)
-                    received += name == "new message"
-                    if name == "presence":
-                        online = data["count"]
-                if online == 1 and dropped_after is None:
-                    dropped_after = first + batch
-            grown = rss().rss - start_rss
-        finally:
-            frozen.socket.close()
-            sender.close()
+        dropped_after, grown = send_past_a_frozen_client(server, server, total=1700)
         log = server.output()
     assert dropped_after is not None, "the frozen client was never dropped"
     assert dropped_after <= frames_to_fill_the_kernel_buffers(6000) + QUEUE + 100

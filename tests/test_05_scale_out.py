@@ -22,20 +22,17 @@ import redis
 from chat_clients import (
     Listener,
     SocketIOByHand,
-    engine_io_url,
-    event_in,
     frames_to_fill_the_kernel_buffers,
     messages,
     online_count,
     open_chat,
     say,
+    send_past_a_frozen_client,
     socketio_counts,
     socketio_texts,
-    tiny_buffer_socket,
 )
 from harness import ROOT, StepServer, free_port, no_reload, wait_until
 from playwright.sync_api import expect
-from websockets.sync.client import connect
 
 STEP = "05_scale_out"
 CHANNEL = "flask-socketio"  # the channel Flask-SocketIO publishes on by default
@@ -372,43 +369,9 @@ def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounde
     reaches A through Redis. 15 MB in all; the frozen client is dropped by A once it is QUEUE
     packets behind, and A's memory stays flat.
     """
-    total, batch = 2500, 20
-    text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
     server_a, server_b = start_two_servers(tmp_path, redis_server, SEND_RATE=0)
     try:
-        rss = psutil.Process(server_a.process.pid).memory_info
-        sender = SocketIOByHand(server_b)
-        frozen = connect(
-            engine_io_url(server_a),
-            sock=tiny_buffer_socket(server_a),
-            compression=None,
-            max_queue=1,  # websockets stops reading the socket at the first unread packet
-            close_timeout=0.1,
-            legacy=True,
-        )
-        try:
-            frozen.send("40")
-            while sender.next_event("presence")["count"] != 2:
-                pass
-            online, dropped_after = 2, None
-            for first in range(0, total, batch):
-                if first == batch:
-                    start_rss = rss().rss  # after the first batch has warmed the server up
-                for n in range(first, first + batch):
-                    sender.say(f"{n} {text}")
-                # Read our own messages back, so that the sender never falls behind itself.
-                received = 0
-                while received < batch:
-                    name, data = event_in(sender.receive()) or (None, None)
-                    received += name == "new message"
-                    if name == "presence":
-                        online = data["count"]
-                if online == 1 and dropped_after is None:
-                    dropped_after = first + batch
-            grown = rss().rss - start_rss
-        finally:
-            frozen.socket.close()
-            sender.close()
+        dropped_after, grown = send_past_a_frozen_client(server_a, server_b, total=2500)
     finally:
         for server in (server_a, server_b):
             server.stop()
