@@ -17,6 +17,7 @@ import threading
 import time
 
 import psutil
+from harness import wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
@@ -222,6 +223,20 @@ class Listener(threading.Thread):
 
     def latest(self):
         return self.items[-1][0] if self.items else None
+
+
+def check_no_listener_was_dropped_or_delayed(listeners, flood_started, probe_sent, burst, rate):
+    """After a flood and a probe message: no listener was dropped, each had the probe within a
+    second, and of the flood each got no more than the rate limit lets through."""
+    wait_until(
+        lambda: all(ear.arrival("probe") or ear.ended for ear in listeners),
+        "every listener has the probe or was dropped",
+    )
+    allowed = burst + rate * (time.monotonic() - flood_started)
+    assert [ear.ended for ear in listeners] == [None] * len(listeners)
+    assert max(ear.arrival("probe") - probe_sent for ear in listeners) < 1
+    for ear in listeners:
+        assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
 
 
 def tiny_buffer_socket(server):
