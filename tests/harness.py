@@ -1,6 +1,7 @@
 """Helpers the tests share: run a step as a learner does, and check what a page did."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +22,15 @@ def wait_until(condition, what: str, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"after {timeout} s, still not true: {what}"
         time.sleep(0.05)
+
+
+def path_with_only(folder: Path, *tools: str) -> str:
+    """A PATH that holds only these tools (links in `folder`): to test what make says when the
+    rest, such as redis-server or nginx, is missing."""
+    folder.mkdir()
+    for tool in tools:
+        (folder / tool).symlink_to(shutil.which(tool))
+    return str(folder)
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import ROOT, StepServer, free_port, no_reload, wait_until
+from harness import ROOT, StepServer, free_port, no_reload, path_with_only, wait_until
 from playwright.sync_api import expect
 
 STEP = "05_scale_out"
@@ -400,14 +400,11 @@ def make_step_05(**variables):
 
 def test_make_step_05_without_redis_server_says_how_to_install_it(tmp_path):
     # A PATH with what make itself needs, and no redis-server.
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("sh", "install", "mkdir", "touch"):
-        (tools / tool).symlink_to(shutil.which(tool))
+    tools = path_with_only(tmp_path / "bin", "sh", "install", "mkdir", "touch")
     done = subprocess.run(
         make_step_05(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PORT=free_port()),
         cwd=ROOT,
-        env={**os.environ, "PATH": str(tools)},
+        env={**os.environ, "PATH": tools},
         capture_output=True,
         text=True,
         timeout=60,

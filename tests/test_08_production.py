@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import psutil
 import pytest
-from harness import ROOT, free_port, no_reload, wait_until
+from harness import ROOT, free_port, no_reload, path_with_only, wait_until
 from playwright.sync_api import expect
 from stack_08 import PASSWORD, Client, Stack
 
@@ -482,14 +482,11 @@ def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_agai
 
 def test_make_step_08_without_nginx_says_what_to_install_and_installs_nothing(tmp_path):
     # A PATH with what make itself needs, and none of nginx, openssl, redis-server.
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("sh", "install", "mkdir", "env"):
-        (tools / tool).symlink_to(shutil.which(tool))
+    tools = path_with_only(tmp_path / "bin", "sh", "install", "mkdir", "touch", "env")
     done = subprocess.run(
         [shutil.which("make"), "-s", "step-08", f"REDIS_URL=redis://127.0.0.1:{free_port()}/0"],
         cwd=ROOT,
-        env={**os.environ, "PATH": str(tools)},
+        env={**os.environ, "PATH": tools},
         capture_output=True,
         text=True,
         timeout=60,
