@@ -330,7 +330,7 @@ async def flood(
     frames: int = 5000,
     deadline: float = 30.0,
 ) -> dict:
-    """Issue 11's attack: `clients` clients listen while one more sends `frames` chat messages as
+    """The flood: `clients` clients listen while one more sends `frames` chat messages as
     fast as its socket allows and reads nothing; right after, another client sends one message,
     the probe. The figures: how many listeners the server dropped, how many of the flood's
     messages each received, how late the probe reached them, when the flood was over (no frame

@@ -3,7 +3,7 @@
 Each measurement starts a fresh server on a free loopback port (tests/harness.py's StepServer,
 which also runs gunicorn and the bench's own servers), drives it with bench/loadgen.py and stops
 its process tree. The rounds are interleaved (every mode once, then again) so that noise from the
-rest of the machine spreads over all the modes, the reference included. Issue 11's attacks (a
+rest of the machine spreads over all the modes, the reference included. Two attacks (a
 flood, a client that never reads) are measured on steps 03 and 04 with their defence on and off.
 notebooks/bench.ipynb turns the file into bench/results.md and its plot.
 
@@ -62,7 +62,7 @@ PLANS = {  # clients, messages at 10 a second, rounds; messages and their rate w
 # characters (about 2.2 KB once step 03 has escaped them, 3.3 KB in Socket.IO's JSON) overflow
 # what the kernel buffers.
 FROZEN = {"clients": 5, "frozen": 1, "size": loadgen.MAX_CHARS}
-# Issue 11's flood: 20 listeners, 5,000 frames from one client as fast as it can send them.
+# The flood: 20 listeners, 5,000 frames from one client as fast as it can send them.
 FLOOD = {"clients": 20, "frames": 5000}
 # The server's environment. The bench's single sender is no abuser: no rate limit (SEND_RATE=0).
 NO_LIMIT = {"SEND_RATE": 0}
