@@ -28,6 +28,9 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/; s/%/NN/' | expand -t 20
+	@echo "Each step's parent, with which make diff B=NN compares it: $(strip $(foreach step,\
+		$(step_numbers),$(if $(parent_$(step)),$(step)<-$(parent_$(step)))))."
+	@echo "Step 08 takes its jobs from step 06: make diff B=08 compares them with 06's."
 
 step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. make step-01
 	@test -n "$(call step_dir,$*)" || { echo "There is no step $* in steps/." >&2; exit 1; }
@@ -135,15 +138,40 @@ bench_report = BENCH_RESULTS=$(1).json $(VENV)/bin/jupyter nbconvert --execute -
 	--no-input --output-dir bench --output $(1) --NbConvertApp.output_files_dir=. \
 	--ExtractOutputPreprocessor.output_filename_template='$(2){extension}' notebooks/bench.ipynb
 
-# `make diff` leaves out READMEs and style sheets: the lesson is in the code and the templates.
-step_diff = test -n "$(A)" -a -n "$(B)" || { echo "Usage: make $@ A=01 B=02" >&2; exit 1; }; \
-	diff -ruN --exclude=vendor --exclude=__pycache__ --exclude=instance $(1) $(call step_dir,$(A)) $(call step_dir,$(B)); \
-	test $$? -le 1
+# Each step grows from its parent: `make diff B=07` shows what step 07 changes in step 04.
+parent_02 := 01
+parent_03 := 02
+parent_04 := 03
+parent_05 := 04
+parent_06 := 02
+parent_07 := 04
+parent_08 := 07
+# Step 08 takes its jobs from step 06, not from its parent: the step they come from, then the
+# files. `make diff B=08` compares these with step 06's.
+grafts_08 := 06 jobs.py templates/_error.html templates/_job.html templates/_lost.html \
+	templates/_progress.html templates/_step.html
 
-diff: ## Show the code and templates step B changes from step A, e.g. make diff A=01 B=02
+# Step A, or step B's parent. The grafts count only when A is not given.
+diff_from = $(or $(A),$(parent_$(B)))
+graft_step = $(if $(A),,$(firstword $(grafts_$(B))))
+graft_files = $(if $(A),,$(wordlist 2,999,$(grafts_$(B))))
+
+# `make diff` leaves out READMEs and style sheets: the lesson is in the code and the templates.
+step_diff = test -n "$(B)" -a -n "$(diff_from)" || \
+		{ echo "Usage: make $@ B=02 (against its parent), or make $@ A=01 B=03 (any two)" >&2; exit 1; }; \
+	diff -ruN --exclude=vendor --exclude=__pycache__ --exclude=instance \
+		$(addprefix --exclude=,$(notdir $(graft_files))) $(1) \
+		$(call step_dir,$(diff_from)) $(call step_dir,$(B)); \
+	test $$? -le 1 || exit 2; \
+	for file in $(graft_files); do \
+		diff -uN $(call step_dir,$(graft_step))/$$file $(call step_dir,$(B))/$$file; \
+		test $$? -le 1 || exit 2; \
+	done
+
+diff: ## Show the code and templates step B changes from its parent (or from step A): make diff B=07
 	@$(call step_diff,--exclude=README.md '--exclude=*.css')
 
-diff-all: ## The same diff with READMEs and style sheets, e.g. make diff-all A=01 B=02
+diff-all: ## The same diff with READMEs and style sheets, e.g. make diff-all B=07 or A=06 B=07
 	@$(call step_diff,)
 
 clean: ## Remove the virtual environment, node_modules and copied front-end files

@@ -108,18 +108,20 @@ class SendLimit:
         self.burst = self.tokens = burst
         self.rate = rate
         self.last = time.monotonic()
+        self.lock = threading.Lock()  # so that two threads may call allow() at once
 
     def allow(self) -> bool:
         if not self.rate:
             return True
-        now = time.monotonic()
-        # The bucket refills with time, up to `burst`; each message takes one token.
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+        with self.lock:
+            now = time.monotonic()
+            # The bucket refills with time, up to `burst`; each message takes one token.
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
 
 
 def read_message(frame):

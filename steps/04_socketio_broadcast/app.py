@@ -43,7 +43,7 @@ socketio = SocketIO(app, async_mode="threading", max_http_buffer_size=64 * 1024)
 online = 0
 online_changed = False
 online_lock = threading.Lock()  # handlers run in threads of their own
-send_limits = {}  # one SendLimit per connection, by its sid
+send_limits = {}  # one SendLimit per connection, by sid: its events may run in two threads at once
 tasks = None  # the background tasks, started by the first client that connects
 tasks_lock = threading.Lock()
 
@@ -113,7 +113,7 @@ class SendLimit:
         self.burst = self.tokens = burst
         self.rate = rate
         self.last = time.monotonic()
-        self.lock = threading.Lock()  # the events of one client may run in two threads at once
+        self.lock = threading.Lock()  # so that two threads may call allow() at once
 
     def allow(self) -> bool:
         if not self.rate:

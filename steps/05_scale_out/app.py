@@ -64,7 +64,7 @@ store = redis.Redis.from_url(
 online = 0  # this server's clients; the total across servers is the sum of the keys in Redis
 online_changed = False
 online_lock = threading.Lock()  # handlers run in threads of their own
-send_limits = {}  # one SendLimit per connection, by its sid
+send_limits = {}  # one SendLimit per connection, by sid: its events may run in two threads at once
 redis_problem = None  # why Redis last failed, or None while it answers
 tasks = None  # the background tasks, started by the first client that connects
 tasks_lock = threading.Lock()
@@ -135,7 +135,7 @@ class SendLimit:
         self.burst = self.tokens = burst
         self.rate = rate
         self.last = time.monotonic()
-        self.lock = threading.Lock()  # the events of one client may run in two threads at once
+        self.lock = threading.Lock()  # so that two threads may call allow() at once
 
     def allow(self) -> bool:
         if not self.rate:

@@ -21,15 +21,18 @@ import redis
 from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
 from flask_login import current_user, login_required
 
+# The simulated work: JOB_STEPS steps of JOB_STEP_SECONDS each (the tests make them short).
 JOB_STEPS = int(os.environ.get("JOB_STEPS", "20"))
 JOB_STEP_SECONDS = float(os.environ.get("JOB_STEP_SECONDS", "0.5"))
-HEARTBEAT = float(os.environ.get("HEARTBEAT", "15"))  # seconds of silence before a comment line
+# Seconds of silence after which a stream sends a comment line, so a client that left is noticed
+# (the write fails) and proxies see traffic.
+HEARTBEAT = float(os.environ.get("HEARTBEAT", "15"))
 MAX_JOBS = int(os.environ.get("MAX_JOBS", "4"))  # jobs running at once on each app server
 KEEP_FINISHED = int(os.environ.get("KEEP_FINISHED", "3600"))  # seconds a finished job is kept
 # A running job renews its keys at every step; when the server running it stops, they expire
 # this many seconds after its last step, and its pages say that the job was lost.
 LOST_AFTER = JOB_STEP_SECONDS + 5
-RETRY_MS = 1000
+RETRY_MS = 1000  # how soon a client comes back after its stream broke
 
 blueprint = Blueprint("jobs", __name__)
 # Its own connection pool: a stream waits in XREAD BLOCK for up to HEARTBEAT seconds.
@@ -40,16 +43,51 @@ store = redis.Redis.from_url(
     retry=None,
     decode_responses=True,
 )
-running = set()  # the jobs this server runs now
-running_lock = threading.Lock()
 
 
 class Job:
-    """What a page needs to show a job's card; the events are in Redis."""
+    """A job's two keys in Redis: its owner and size (`info`), and its events (a stream)."""
 
     def __init__(self, job_id: str, steps: int):
         self.id, self.steps = job_id, steps
         self.info, self.events = f"job:{job_id}", f"job:{job_id}:events"
+
+    def publish(self, event_id: int, data: str, name: str | None = None) -> None:
+        """Add event `event_id`; `done` is the last. Renew how long the job is kept."""
+        keep = KEEP_FINISHED if name == "done" else int(LOST_AFTER) + 1
+        with store.pipeline() as pipe:  # one transaction: an event never outlives its job's info
+            pipe.xadd(
+                self.events,
+                {"event": sse_event(event_id, data, name), "done": int(bool(name))},
+                id=f"{event_id}-0",
+            )
+            pipe.expire(self.events, keep)
+            pipe.expire(self.info, keep)
+            pipe.execute()
+
+    def published(self) -> tuple[int, bool]:
+        """The id of the job's last event so far (0 for none), and whether it is `done`."""
+        entries = store.xrevrange(self.events, count=1)
+        if not entries:
+            return 0, False
+        entry_id, fields = entries[0]
+        return int(entry_id.split("-")[0]), fields["done"] == "1"
+
+    def events_after(self, last_id: int, timeout: float) -> tuple[list[str], bool]:
+        """The events after `last_id`, waiting up to `timeout` seconds for one; and `finished`."""
+        # No BLOCK at all for no wait: BLOCK 0 would wait for ever.
+        found = store.xread({self.events: f"{last_id}-0"}, block=int(timeout * 1000) or None)
+        entries = found[0][1] if found else []
+        finished = bool(entries) and entries[-1][1]["done"] == "1"
+        return [fields["event"] for _, fields in entries], finished
+
+    def lost(self) -> bool:
+        """Whether the job's keys expired: the server running it stopped."""
+        return not store.exists(self.info)
+
+
+running = set()  # the jobs this server runs now
+running_lock = threading.Lock()
 
 
 @blueprint.get("/jobs")
@@ -65,6 +103,7 @@ def start_job():
         if len(running) >= MAX_JOBS:
             error = f"{MAX_JOBS} jobs are running, as many as this server runs at once."
             return render_template("_error.html", error=f"{error} Try again when one is done."), 429
+        # Random, not 1, 2, 3: after a restart, a new job must not take the id an old page holds.
         job = Job(secrets.token_hex(4), JOB_STEPS)
         running.add(job.id)
     try:
@@ -92,16 +131,18 @@ def job_page(job_id):
 @login_required
 def job_events(job_id):
     job = find_job(job_id)
+    # The browser sends the id of the last event it received when it reconnects; none at first.
+    # (An empty one, which no browser sends, counts as none.)
     last_id = request.headers.get("Last-Event-ID") or "0"
     if not re.fullmatch(r"[0-9]{1,9}", last_id):
         return plain_text(400, "Last-Event-ID must be the id of an event: a whole number.")
     last_id = int(last_id)
-    published, finished = last_event(job)
+    published, finished = job.published()
     if last_id > published:
         reason = f"Last-Event-ID {last_id} was never sent: this job has sent {published} events."
         return plain_text(400, reason)
     if finished and last_id == published:
-        return "", 204
+        return "", 204  # the client has it all: 204 tells an EventSource to stop reconnecting
     # No X-Accel-Buffering header (step 06 sent one for whatever proxy might come): nginx.conf
     # turns buffering off for this location, and such a header would override it either way.
     headers = {"Cache-Control": "no-cache"}
@@ -116,31 +157,30 @@ def redis_is_away(error):
 def stream(job: Job, last_id: int):
     """Yield the events after `last_id`, then each new one as it comes; end after `done`.
 
-    A greenlet waits in XREAD BLOCK for the next entry, or for HEARTBEAT seconds; the first look
-    does not wait, so the response starts at once.
+    This generator holds a greenlet as long as the client stays, and one Redis connection while
+    it waits. WSGI says nothing when a client leaves: the next write fails and the server closes
+    the generator, so a write must come at least every HEARTBEAT seconds.
     """
-    wait = None
+    wait = 0.0  # the first look does not wait: the response starts at once
     while True:
-        found = store.xread({job.events: f"{last_id}-0"}, block=wait)
-        entries = found[0][1] if found else []
-        if not entries and not store.exists(job.info):
-            return  # the job expired: its server stopped. The reconnect gets 404.
-        yield "".join(fields["event"] for _, fields in entries) or ": heartbeat\n\n"
-        if entries:
-            last_id = int(entries[-1][0].split("-")[0])
-            if entries[-1][1]["done"] == "1":
-                return
-        wait = int(HEARTBEAT * 1000)
+        events, finished = job.events_after(last_id, wait)
+        if not events and job.lost():
+            return  # the job's server stopped. The reconnect gets 404.
+        last_id += len(events)
+        yield "".join(events) or ": heartbeat\n\n"  # a comment line, which clients ignore
+        if finished:
+            return
+        wait = HEARTBEAT
 
 
 def run(job: Job, app) -> None:
-    """The simulated work, in its own greenlet: each step publishes an event, then `done`."""
+    """The simulated work, in a thread of its own: each step publishes an event, then `done`."""
     try:
         with app.app_context():
             for step in range(1, job.steps + 1):
                 time.sleep(JOB_STEP_SECONDS)
-                publish(job, step, render_template("_step.html", job=job, step=step))
-        publish(job, job.steps + 1, "done", name="done")
+                job.publish(step, render_template("_step.html", job=job, step=step))
+        job.publish(job.steps + 1, "done", name="done")
     except redis.RedisError as error:
         app.logger.error("Job %s stopped: Redis does not answer (%s).", job.id, error)
     finally:
@@ -148,31 +188,12 @@ def run(job: Job, app) -> None:
             running.discard(job.id)
 
 
-def publish(job: Job, event_id: int, data: str, name: str | None = None) -> None:
-    """Add event `event_id` to the job's stream, and renew how long the job is kept."""
-    keep = KEEP_FINISHED if name == "done" else int(LOST_AFTER) + 1
-    with store.pipeline() as pipe:  # one transaction: an event never outlives its job's info
-        pipe.xadd(
-            job.events,
-            {"event": sse_event(event_id, data, name), "done": int(bool(name))},
-            id=f"{event_id}-0",
-        )
-        pipe.expire(job.events, keep)
-        pipe.expire(job.info, keep)
-        pipe.execute()
-
-
-def last_event(job: Job) -> tuple[int, bool]:
-    """The id of the job's last event so far (0 for none), and whether it is `done`."""
-    entries = store.xrevrange(job.events, count=1)
-    if not entries:
-        return 0, False
-    entry_id, fields = entries[0]
-    return int(entry_id.split("-")[0]), fields["done"] == "1"
-
-
 def sse_event(event_id: int, data: str, name: str | None = None) -> str:
-    """One event in the text/event-stream format, with `retry:` in every event (see step 06)."""
+    """One event in the text/event-stream format.
+
+    Every event carries `retry:`, because htmx 4 reads it only from an event with data and a
+    resumed stream can start at any event. Each line of the data gets its own `data:` field.
+    """
     fields = [f"retry: {RETRY_MS}", f"id: {event_id}"]
     if name:
         fields.append(f"event: {name}")

@@ -1,4 +1,4 @@
--- Step 07's database. Run at every start: it creates what is missing and changes nothing else.
+-- The chat's database. Run at every start: it creates what is missing and changes nothing else.
 
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,

@@ -1,4 +1,4 @@
-// Step 07's page: one socket follows every room the page lists, and shows one room at a time.
+// The chat page: one socket follows every room the page lists, and shows one room at a time.
 // A file of its own, loaded from this origin: step 08's Content-Security-Policy forbids inline
 // script and inline event handlers.
 "use strict";

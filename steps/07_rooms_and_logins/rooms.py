@@ -1,0 +1,116 @@
+"""Rooms: the chat page, creating a private room, and its members page.
+
+"general" and "random" are public (schema.sql). Anyone signed in may create a private room; its
+owner adds and removes members. Removing one also takes their open sockets out of the room
+(chat.py), in the same locked step as the database change.
+"""
+
+import sqlite3
+
+import chat
+import db
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from forms import MemberForm, RoomForm
+
+blueprint = Blueprint("rooms", __name__)
+
+
+@blueprint.get("/")
+@login_required
+def index():
+    return chat_page(RoomForm())
+
+
+@blueprint.post("/rooms")
+@login_required
+def create_room():
+    form = RoomForm()
+    if form.validate_on_submit():
+        try:
+            with db.connection() as database:
+                database.execute(
+                    "INSERT INTO rooms (name, owner_id) VALUES (?, ?)",
+                    (form.name.data, current_user.id),
+                )
+                database.execute(
+                    "INSERT INTO members (room, user_id) VALUES (?, ?)",
+                    (form.name.data, current_user.id),
+                )
+        except sqlite3.IntegrityError:
+            form.name.errors.append("That name is taken.")
+        else:
+            return redirect(url_for("rooms.index", room=form.name.data))
+    return chat_page(form), 400
+
+
+def chat_page(room_form):
+    rooms = db.query(
+        "SELECT name, owner_id FROM rooms WHERE owner_id IS NULL"
+        " OR name IN (SELECT room FROM members WHERE user_id = ?)"
+        " ORDER BY owner_id IS NOT NULL, name",
+        current_user.id,
+    )
+    names = [room["name"] for room in rooms]
+    shown = request.args.get("room") if request.args.get("room") in names else names[0]
+    return render_template("index.html", rooms=rooms, shown=shown, room_form=room_form)
+
+
+@blueprint.route("/rooms/<room>/members", methods=["GET", "POST"])
+@login_required
+def members(room):
+    owner_id = private_room(room)
+    form = MemberForm()
+    if request.method == "POST":
+        if owner_id != current_user.id:
+            abort(403)
+        if form.validate_on_submit():
+            error = add_member(room, form.username.data)
+            if not error:
+                return redirect(url_for("rooms.members", room=room))
+            form.username.errors.append(error)
+    people = db.query(
+        "SELECT users.id, users.name FROM members JOIN users ON users.id = members.user_id"
+        " WHERE members.room = ? ORDER BY users.name",
+        room,
+    )
+    page = render_template("members.html", room=room, owner_id=owner_id, people=people, form=form)
+    return page, 400 if form.errors else 200
+
+
+def add_member(room, name):
+    found = db.query("SELECT id FROM users WHERE name = ?", name)
+    if not found:
+        return f"There is no user called {name}."
+    try:
+        db.change("INSERT INTO members (room, user_id) VALUES (?, ?)", room, found[0]["id"])
+    except sqlite3.IntegrityError:
+        return f"{name} is already a member."
+    return None
+
+
+@blueprint.post("/rooms/<room>/members/<int:user_id>/remove")
+@login_required
+def remove_member(room, user_id):
+    if private_room(room) != current_user.id:
+        abort(403)
+    if user_id == current_user.id:
+        abort(400, "The owner stays in the room.")
+    with chat.room_lock:
+        db.change("DELETE FROM members WHERE room = ? AND user_id = ?", room, user_id)
+        # Their sockets joined while they were a member: the next message must not reach them.
+        chat.take_out_of_room(user_id, room)
+    return redirect(url_for("rooms.members", room=room))
+
+
+def private_room(room):
+    """The owner of a private room the current user is a member of; 404 for any other room."""
+    found = db.query(
+        "SELECT owner_id FROM rooms JOIN members ON members.room = rooms.name"
+        " WHERE rooms.name = ? AND members.user_id = ?",
+        room,
+        current_user.id,
+    )
+    if not found:
+        abort(404)
+    return found[0]["owner_id"]

@@ -1,0 +1,291 @@
+"""The push side of the chat: the Socket.IO handlers and what this process knows about sockets.
+
+Who is on each socket (`online`), the checks every `join` and `send message` makes (`may_enter`),
+catch-up by id (`missed`), the per-user rate limit, and presence, coalesced per room. app.py gives
+`socketio` its settings. accounts.py and rooms.py call the two functions at the end (close a
+login's sockets, take a user's sockets out of a room); this module imports neither of them.
+
+Step 07's, for two app servers: what every server must know about the others' sockets (who is
+in each room, which sockets each user has) is kept in Redis by registry.py.
+"""
+
+import functools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import db
+import registry
+from flask import request
+from flask_login import current_user
+from flask_socketio import (
+    ConnectionRefusedError,  # not the built-in one: its message would not reach the client
+    SocketIO,
+    disconnect,
+    emit,
+    join_room,
+    leave_room,
+)
+
+MAX_MESSAGE_CHARS = 500
+HISTORY = 100  # a join sends at most this many of a room's messages: the newest
+SEND_BURST = int(os.environ.get("SEND_BURST", "10"))  # messages a user may send at once...
+SEND_RATE = float(os.environ.get("SEND_RATE", "5"))  # ...then this many a second (0: no limit)
+PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
+SIGN_IN_AGAIN = "You are not signed in: sign in again."
+NO_SUCH_ROOM = "There is no room by that name that you may enter."
+
+socketio = SocketIO()  # its settings are in app.py, in socketio.init_app(app, ...)
+
+
+@dataclass
+class Visitor:
+    """Who is on one socket, what its page had shown when it connected, and the rooms it is in."""
+
+    user_id: int
+    name: str
+    login: str
+    last_id: int
+    rooms: set = field(default_factory=set)
+
+
+online = {}  # socket id -> Visitor, for this server's sockets
+send_limits = {}  # user id -> SendLimit, shared by all the user's tabs on this server
+changed_rooms = set()  # rooms where a socket of this server joined since the last broadcast
+state_lock = threading.Lock()  # for the three above: each socket's handlers run in a greenlet
+presence_task = None
+# Held while what a room says or who hears it changes: storing and broadcasting a message,
+# joining a room and sending what it missed, removing a member. So each socket receives a room's
+# messages in id order, each once, and no one is added or removed between a check and its use.
+room_lock = threading.Lock()
+
+
+@socketio.on("connect")
+def on_connect(auth):
+    # The handshake is an HTTP request from the page, with the page's cookies: Flask-Login reads
+    # the session cookie here exactly as in a route. No signed-in user, no socket.
+    if not current_user.is_authenticated:
+        raise ConnectionRefusedError(SIGN_IN_AGAIN)
+    last_id = auth.get("last_id", 0) if isinstance(auth, dict) else 0
+    if type(last_id) is not int or last_id < 0:  # type(): True is an int to isinstance
+        raise ConnectionRefusedError("auth.last_id must be a whole number, 0 or more.")
+    with state_lock:
+        online[request.sid] = Visitor(
+            current_user.id, current_user.name, current_user.login, last_id
+        )
+    registry.remember_socket(current_user.id, request.sid, current_user.login)
+    start_presence()
+    # Which server this socket landed on: the page shows it.
+    emit("server", {"name": registry.SERVER})
+
+
+@socketio.on("disconnect")
+def on_disconnect(reason):
+    with state_lock:
+        visitor = online.pop(request.sid, None)
+    if visitor:
+        registry.forget_socket(visitor.user_id, request.sid)
+
+
+def visitor_required(handler):
+    """Call the handler with the socket's Visitor. An event that was on its way when its login
+    signed out (and the socket was closed) is refused."""
+
+    @functools.wraps(handler)
+    def with_visitor(data=None):
+        visitor = online.get(request.sid)
+        if visitor is None:
+            return {"error": SIGN_IN_AGAIN}
+        return handler(visitor, data)
+
+    return with_visitor
+
+
+@socketio.on("join")
+@visitor_required
+def on_join(visitor, data):
+    room = data.get("room") if isinstance(data, dict) else None
+    if not isinstance(room, str):
+        return {"error": "That was not a join (it needs a room name as text)."}
+    with room_lock:
+        if not may_enter(visitor.user_id, room):
+            return {"error": NO_SUCH_ROOM}
+        if room not in visitor.rooms:
+            join_room(room)
+            # What this page missed first; live messages follow once the lock is released.
+            for message in missed(room, visitor.last_id):
+                emit("new message", message)
+            with state_lock:
+                visitor.rooms.add(room)
+                changed_rooms.add(room)
+    return {"ok": True}
+
+
+@socketio.on("send message")
+@visitor_required
+def on_send_message(visitor, data):
+    if not allow_send(visitor.user_id):
+        return {"error": "You are sending too fast: wait a moment, then send again."}
+    room, text, error = read_message(data)
+    if error:
+        return {"error": error}
+    with room_lock:
+        if not may_enter(visitor.user_id, room):
+            return {"error": NO_SUCH_ROOM}
+        # Stored first: a page that misses the broadcast finds the message in the database.
+        message = {"room": room, "name": visitor.name, "text": text}
+        message["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        message["id"] = db.change(
+            "INSERT INTO messages (room, user_id, time, text) VALUES (?, ?, ?, ?)",
+            room,
+            visitor.user_id,
+            message["time"],
+            text,
+        )
+        emit("new message", message, to=room)
+    return {"ok": True}
+
+
+def read_message(message):
+    """Return (room, text, None) for a good message, or (None, None, what is wrong with it)."""
+    if not (
+        isinstance(message, dict)
+        and isinstance(message.get("room"), str)
+        and isinstance(message.get("text"), str)
+    ):
+        return None, None, "That was not a chat message (it needs a room and a text, as text)."
+    text = message["text"].strip()
+    if not text:
+        return None, None, "Type a message before you send it."
+    if len(text) > MAX_MESSAGE_CHARS:
+        return (
+            None,
+            None,
+            f"A message has at most {MAX_MESSAGE_CHARS} characters; yours has {len(text)}.",
+        )
+    return message["room"], text, None
+
+
+def may_enter(user_id, room):
+    """Whether the room exists and is public, or private with this user among its members."""
+    return bool(
+        db.query(
+            "SELECT 1 FROM rooms WHERE name = ? AND (owner_id IS NULL"
+            " OR name IN (SELECT room FROM members WHERE user_id = ?))",
+            room,
+            user_id,
+        )
+    )
+
+
+def missed(room, last_id):
+    """The room's messages after `last_id`, oldest first: at most the newest HISTORY."""
+    newest_first = db.query(
+        "SELECT messages.id, room, name, time, text FROM messages"
+        " JOIN users ON users.id = messages.user_id"
+        " WHERE room = ? AND messages.id > ? ORDER BY messages.id DESC LIMIT ?",
+        room,
+        last_id,
+        HISTORY,
+    )
+    return [dict(row) for row in reversed(newest_first)]
+
+
+class SendLimit:
+    """A token bucket: `burst` messages at once, then `rate` a second; rate 0 means no limit."""
+
+    def __init__(self, burst: int, rate: float):
+        self.burst = self.tokens = burst
+        self.rate = rate
+        self.last = time.monotonic()
+        self.lock = threading.Lock()  # so that two threads may call allow() at once
+
+    def allow(self) -> bool:
+        if not self.rate:
+            return True
+        with self.lock:
+            now = time.monotonic()
+            # The bucket refills with time, up to `burst`; each message takes one token.
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+
+
+def allow_send(user_id):
+    # One bucket per user, whichever tab sends. Two tabs' events run in two greenlets, so the
+    # bucket is looked up and made under the lock: two first messages must not make two. (Tabs on
+    # the other server draw from its bucket: see the README.)
+    with state_lock:
+        if user_id not in send_limits:
+            send_limits[user_id] = SendLimit(SEND_BURST, SEND_RATE)
+        limit = send_limits[user_id]
+    return limit.allow()
+
+
+def start_presence():
+    # Started by the first connection, as step 04's clock: the debug reloader's watcher process
+    # never accepts one, so only the serving process runs it.
+    global presence_task
+    with state_lock:
+        if presence_task is None:
+            presence_task = socketio.start_background_task(send_presence)
+
+
+def send_presence():
+    """Every PRESENCE_DELAY seconds, tell this server's pages who is in their rooms on every
+    server: when that changed, or when one of them just joined. Each server tells its own pages,
+    reading the others' people from Redis, so nothing about presence goes through the queue."""
+    told = {}  # room -> the names this server's pages were last told
+    while True:
+        socketio.sleep(PRESENCE_DELAY)
+        with state_lock:
+            here = {}  # room -> the names of this server's people in it
+            for sid, visitor in online.items():
+                # Socket.IO's own record: it also knows when another server took a socket out.
+                for room in socketio.server.rooms(sid, namespace="/"):
+                    if room != sid:  # every socket is also in a room named after itself
+                        here.setdefault(room, set()).add(visitor.name)
+            joined = changed_rooms.copy()
+            changed_rooms.clear()
+        everywhere = registry.people_everywhere(here, left=told.keys() - here.keys())
+        # Not under the lock: an emit can run a timed-out client's disconnect handler in this
+        # greenlet, and that handler takes the lock.
+        for room, names in everywhere.items():
+            if room in joined or names != told.get(room):
+                socketio.emit(
+                    "presence", {"room": room, "names": names}, to=room, ignore_queue=True
+                )
+        told = everywhere
+
+
+# --- for accounts.py and rooms.py ---
+
+
+def sockets_of(user_id, login=None):
+    """The user's sockets (only those of one login, if given), on this server and, as far as
+    Redis knows, on the others."""
+    with state_lock:
+        logins = {sid: v.login for sid, v in online.items() if v.user_id == user_id}
+    logins.update(registry.sockets_of(user_id))
+    return [sid for sid, their_login in logins.items() if login in (None, their_login)]
+
+
+def close_sockets(user_id, login):
+    """Close the sockets of one login, in every tab: their pages then say "sign in again"."""
+    for sid in sockets_of(user_id, login):
+        disconnect(sid, namespace="/")  # another server's socket: asked through Redis
+
+
+def take_out_of_room(user_id, room):
+    """Take the user's sockets out of `room` now, not at their next reconnect. Call it holding
+    room_lock, with the database change, so no message slips in between."""
+    for sid in sockets_of(user_id):
+        with state_lock:
+            if sid in online:
+                online[sid].rooms.discard(room)
+        leave_room(room, sid=sid, namespace="/")  # on another server: asked through Redis

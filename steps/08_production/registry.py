@@ -1,0 +1,65 @@
+"""What every app server must know about the others' sockets, kept in Redis.
+
+Step 07 kept it in the memory of its one process. With two servers behind nginx, each one knows
+only its own sockets, so each writes down in Redis what the others need:
+- who is in each room: each server's people per room, under keys that expire unless renewed, so
+  that the people of a server that died leave the lists; every page is told their union;
+- which sockets each user has, on which login: signing out closes them on every server, and
+  removing a member takes them out of the room on every server.
+When Redis does not answer, each server goes on with what it knows itself.
+"""
+
+import contextlib
+import os
+
+import redis
+
+PRESENCE_TTL = 3  # seconds: the people of a server that died leave the rooms' lists this soon
+SERVER = os.environ.get("SERVER", "app")  # this app server's name (the Procfile sets it)
+# Our own connection. Short timeouts, no retries: when Redis is away, a connect or a sign-out
+# must not wait for it.
+store = redis.Redis.from_url(
+    os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    socket_timeout=1,
+    socket_connect_timeout=1,
+    retry=None,
+    decode_responses=True,
+)
+
+
+def people_everywhere(here, left):
+    """Store this server's people per room in Redis, under keys that expire unless renewed, and
+    return the sorted names in each room on every server. Without Redis: this server's own."""
+    try:
+        with store.pipeline() as pipe:
+            for room in left:
+                pipe.delete(f"presence:{room}:{SERVER}")
+            for room, names in here.items():
+                key = f"presence:{room}:{SERVER}"
+                pipe.delete(key).sadd(key, *names).expire(key, PRESENCE_TTL)
+            pipe.execute()
+            here = {
+                room: store.sunion(list(store.scan_iter(f"presence:{room}:*"))) for room in here
+            }
+    except redis.RedisError:
+        pass
+    return {room: sorted(names, key=str.lower) for room, names in here.items()}
+
+
+def remember_socket(user_id, sid, login):
+    """Note in Redis whose socket this is, for whichever server must close it. A server that dies
+    leaves its entries behind: closing a socket that is gone does nothing."""
+    with contextlib.suppress(redis.RedisError):
+        store.hset(f"sockets:{user_id}", sid, login)
+
+
+def forget_socket(user_id, sid):
+    with contextlib.suppress(redis.RedisError):
+        store.hdel(f"sockets:{user_id}", sid)
+
+
+def sockets_of(user_id):
+    """The user's sockets on every server, as far as Redis knows: socket id -> login."""
+    with contextlib.suppress(redis.RedisError):
+        return store.hgetall(f"sockets:{user_id}")
+    return {}
