@@ -271,7 +271,7 @@ def sockets_of(user_id, login=None):
     Redis knows, on the others."""
     with state_lock:
         logins = {sid: v.login for sid, v in online.items() if v.user_id == user_id}
-    logins.update(registry.sockets_of(user_id))
+    logins.update(registry.known_sockets(user_id))
     return [sid for sid, their_login in logins.items() if login in (None, their_login)]
 
 

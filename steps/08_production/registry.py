@@ -58,7 +58,7 @@ def forget_socket(user_id, sid):
         store.hdel(f"sockets:{user_id}", sid)
 
 
-def sockets_of(user_id):
+def known_sockets(user_id):
     """The user's sockets on every server, as far as Redis knows: socket id -> login."""
     with contextlib.suppress(redis.RedisError):
         return store.hgetall(f"sockets:{user_id}")
