@@ -2,8 +2,8 @@
 
 Who is on each socket (`online`), the checks every `join` and `send message` makes (`may_enter`),
 catch-up by id (`missed`), the per-user rate limit, and presence, coalesced per room. app.py gives
-`socketio` its settings. accounts.py and rooms.py call the two functions at the end (close a
-login's sockets, take a user's sockets out of a room); this module imports neither of them.
+`socketio` its settings. accounts.py and rooms.py call the last two functions (close a login's
+sockets, take a user's sockets out of a room); this module imports neither of them.
 """
 
 import functools

@@ -2,8 +2,8 @@
 
 Who is on each socket (`online`), the checks every `join` and `send message` makes (`may_enter`),
 catch-up by id (`missed`), the per-user rate limit, and presence, coalesced per room. app.py gives
-`socketio` its settings. accounts.py and rooms.py call the two functions at the end (close a
-login's sockets, take a user's sockets out of a room); this module imports neither of them.
+`socketio` its settings. accounts.py and rooms.py call the last two functions (close a login's
+sockets, take a user's sockets out of a room); this module imports neither of them.
 
 Step 07's, for two app servers: what every server must know about the others' sockets (who is
 in each room, which sockets each user has) is kept in Redis by registry.py.
@@ -217,9 +217,9 @@ class SendLimit:
 
 
 def allow_send(user_id):
-    # One bucket per user, whichever tab sends. Two tabs' events run in two greenlets, so the
-    # bucket is looked up and made under the lock: two first messages must not make two. (Tabs on
-    # the other server draw from its bucket: see the README.)
+    # One bucket per user, whichever tab sends. Two tabs' events run in two threads at once, so
+    # the bucket is looked up and made under the lock: two first messages must not make two.
+    # (Tabs on the other server draw from its bucket: see the README.)
     with state_lock:
         if user_id not in send_limits:
             send_limits[user_id] = SendLimit(SEND_BURST, SEND_RATE)
