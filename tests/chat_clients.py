@@ -193,6 +193,10 @@ def socketio_counts(packet):
 
 # --- floods and frozen clients ---
 
+# The flood: how many frames or events one client sends as fast as it can. (The bench sends
+# 5,000; a thousand already fail these checks on a step without its rate limit.)
+FLOOD = 1000
+
 
 class Listener(threading.Thread):
     """Reads a chat connection in a thread of its own, noting what it received and when.

@@ -1,16 +1,60 @@
-"""Fixtures for every test: step servers, browsers for one or two users, and the e2e marker."""
+"""Fixtures for every test: step servers and browsers for one or two users. Also the two checks
+on the suite itself: a test that can launch a browser must be marked e2e, and how the tests are
+shared out among pytest-xdist's processes."""
 
 import os
 
 import pytest
 from harness import OriginGuard, StepServer
 
+pytest_plugins = ["pytester"]  # tests/test_harness.py runs pytest on a file of its own
 
-def pytest_collection_modifyitems(items):
-    """Mark every test that drives a browser, so `make test-fast` can leave them out."""
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    refuse_unmarked_browser_tests(items)
+    if config.getoption("dist", None) == "loadgroup":
+        group_for_xdist(items)
+
+
+def refuse_unmarked_browser_tests(items):
+    """`make test-fast` runs `-m "not e2e"` on machines without a browser: a test that can launch
+    one (it uses Playwright's fixtures, which all start from `playwright`) must say so."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "playwright" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("e2e") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "These tests can launch a browser and are not marked @pytest.mark.e2e:\n  "
+            + "\n  ".join(unmarked)
+        )
+
+
+def group_for_xdist(items):
+    """One xdist group per file and tier (its browser tests, the rest), one per notebook.
+
+    A group runs in one process, so a module's shared server starts at most twice. The groups
+    that take longest start first, so that no process is left with a long one at the end: a
+    notebook or a browser test takes seconds, most other tests a fraction of one.
+    """
+    cost = {}
     for item in items:
-        if "browser" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.e2e)
+        if item.path.name == "test_notebooks.py":
+            group, seconds = item.name, 20
+        elif item.get_closest_marker("e2e"):
+            group, seconds = f"{item.path.stem} e2e", 4
+        else:
+            group, seconds = item.path.stem, 0.5
+        item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[GROUP] = group
+        cost[group] = cost.get(group, 0) + seconds
+    items.sort(key=lambda item: -cost[item.stash[GROUP]])  # stable: a file keeps its order
+
+
+GROUP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")

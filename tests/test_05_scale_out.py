@@ -20,6 +20,7 @@ import psutil
 import pytest
 import redis
 from chat_clients import (
+    FLOOD,
     Listener,
     SocketIOByHand,
     check_no_listener_was_dropped_or_delayed,
@@ -153,6 +154,7 @@ def announce(redis_url, *args):
 # --- in the browser: one chat across two servers ---
 
 
+@pytest.mark.e2e
 def test_message_from_alice_on_server_a_appears_for_bob_on_server_b_and_back(two_users, shared):
     _, server_a, server_b = shared
     alice, bob = two_users
@@ -170,6 +172,7 @@ def test_message_from_alice_on_server_a_appears_for_bob_on_server_b_and_back(two
             )
 
 
+@pytest.mark.e2e
 def test_announce_py_reaches_pages_on_both_servers_as_text(two_users, shared):
     redis_server, server_a, server_b = shared
     alice, bob = two_users
@@ -185,6 +188,7 @@ def test_announce_py_reaches_pages_on_both_servers_as_text(two_users, shared):
             expect(page.locator("#announcement b")).to_have_count(0)
 
 
+@pytest.mark.e2e
 def test_online_count_shows_two_then_one_when_bob_leaves(two_users, shared):
     # Alice on server A, Bob on server B. Pages of earlier tests may still be leaving: the counts
     # below are waited for, not read.
@@ -199,6 +203,7 @@ def test_online_count_shows_two_then_one_when_bob_leaves(two_users, shared):
         expect(online_count(alice)).to_have_text("1")
 
 
+@pytest.mark.e2e
 def test_pages_of_a_killed_server_leave_the_count_within_seconds(two_users, two_servers):
     server_a, server_b = two_servers
     alice, bob = two_users
@@ -212,6 +217,7 @@ def test_pages_of_a_killed_server_leave_the_count_within_seconds(two_users, two_
         expect(online_count(alice)).to_have_text("1", timeout=5_000)
 
 
+@pytest.mark.e2e
 def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is_one_again(
     new_user, redis_server, two_servers
 ):
@@ -255,6 +261,7 @@ def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is
         expect(messages(bob)).to_have_text([re.compile("Bob, alone on B$"), *after])
 
 
+@pytest.mark.e2e
 def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_broadcast(
     two_users, redis_server, tmp_path
 ):
@@ -278,6 +285,7 @@ def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_br
             server.stop()
 
 
+@pytest.mark.e2e
 def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page, two_servers):
     open_chat(page, two_servers[0])
     with ExitStack() as stack, ThreadPoolExecutor(max_workers=50) as pool:
@@ -329,7 +337,7 @@ def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broa
 
 
 def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
-    """The flood: 20 listeners (10 on each server), one sends 5,000 events at once."""
+    """The flood: 20 listeners (10 on each server), one sends FLOOD events at once."""
     _, server_a, server_b = shared
     with ExitStack() as stack:
 
@@ -344,7 +352,7 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
         ]
         flooder, prober = open_client(server_a), open_client(server_b)
         flood_started = time.monotonic()
-        for n in range(5000):
+        for n in range(FLOOD):
             flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
         flooder.say("one more", ack=1)
         assert flooder.answers(1) == {1: {"error": TOO_FAST}}

@@ -694,6 +694,7 @@ def shown_ids(page, room):
     )
 
 
+@pytest.mark.e2e
 def test_sign_up_sign_out_and_sign_in_again_in_the_browser(page, chat):
     name = sign_up_in(page, chat, unique("alice"))
     expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
@@ -709,6 +710,7 @@ def test_sign_up_sign_out_and_sign_in_again_in_the_browser(page, chat):
     expect(page.locator("#status")).to_have_text("connected")
 
 
+@pytest.mark.e2e
 def test_taken_username_is_answered_on_the_sign_up_form(page, chat):
     taken = sign_up(chat).name
     page.goto(f"{chat.url}/signup")
@@ -719,6 +721,7 @@ def test_taken_username_is_answered_on_the_sign_up_form(page, chat):
     expect(page.get_by_label("Username")).to_have_attribute("aria-invalid", "true")
 
 
+@pytest.mark.e2e
 def test_message_in_general_appears_for_alice_and_bob_and_not_in_random(two_users, chat):
     alice, bob = two_users
     alice_name = sign_up_in(alice, chat, unique("alice"))
@@ -738,6 +741,7 @@ def test_message_in_general_appears_for_alice_and_bob_and_not_in_random(two_user
         expect(log(bob, "random")).not_to_contain_text("hello, general")
 
 
+@pytest.mark.e2e
 def test_xss_message_shows_as_text_and_nothing_runs(two_users, chat):
     alice, bob = two_users
     dialogs = []
@@ -770,6 +774,7 @@ def create_room_in(page, members=()):
     return room
 
 
+@pytest.mark.e2e
 def test_private_room_is_seen_by_its_members_and_refused_to_others(new_user, chat):
     alice, bob, mallory = new_user(), new_user(), new_user()
     sign_up_in(alice, chat, unique("alice"))
@@ -797,6 +802,7 @@ def test_private_room_is_seen_by_its_members_and_refused_to_others(new_user, cha
     assert mallory.evaluate("heard") == ["for everyone"]
 
 
+@pytest.mark.e2e
 def test_removed_member_stops_seeing_the_private_room_at_once(two_users, chat):
     alice, bob = two_users
     sign_up_in(alice, chat, unique("alice"))
@@ -822,6 +828,7 @@ def test_removed_member_stops_seeing_the_private_room_at_once(two_users, chat):
         expect(bob.get_by_role("alert")).to_have_text(NO_SUCH_ROOM["error"])
 
 
+@pytest.mark.e2e
 def test_presence_lists_who_is_in_the_room(two_users, chat):
     alice, bob = two_users
     alice_name = sign_up_in(alice, chat, unique("alice"))
@@ -835,6 +842,7 @@ def test_presence_lists_who_is_in_the_room(two_users, chat):
         expect(presence).to_have_text(alice_name)
 
 
+@pytest.mark.e2e
 def test_sign_out_in_one_tab_signs_out_every_tab(new_user, chat):
     first = new_user()
     second = first.context.new_page()  # a second tab: same browser, same cookie
@@ -858,6 +866,7 @@ def test_sign_out_in_one_tab_signs_out_every_tab(new_user, chat):
     expect(second.get_by_role("heading", name="Sign in")).to_be_visible()
 
 
+@pytest.mark.e2e
 def test_page_whose_session_is_gone_says_sign_in_again(page, chat):
     sign_up_in(page, chat, unique("alice"))
     page.context.clear_cookies()  # the session ends while the page is open
@@ -870,6 +879,7 @@ def test_page_whose_session_is_gone_says_sign_in_again(page, chat):
         )
 
 
+@pytest.mark.e2e
 def test_page_with_twenty_rooms_joins_them_all_even_over_long_polling(page, chat):
     alice = sign_up(chat)
     rooms = [create_room(chat, alice) for _ in range(20)]
@@ -896,6 +906,7 @@ def test_page_script_is_a_file_of_its_own_origin(chat):
     assert not re.search(r"\son[a-z]+=", page), "inline event handler"
 
 
+@pytest.mark.e2e
 def test_chat_works_over_long_polling_when_websockets_are_blocked(two_users, chat):
     alice, bob = two_users
     alice.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())
@@ -916,6 +927,7 @@ def expect_every_message_once_in_id_order(server, page, room):
     assert shown_ids(page, room) == stored
 
 
+@pytest.mark.e2e
 def test_dropped_connection_loses_nothing_and_doubles_nothing(two_users, chat):
     alice, bob = two_users
     sign_up_in(alice, chat, unique("alice"))
@@ -937,6 +949,7 @@ def test_dropped_connection_loses_nothing_and_doubles_nothing(two_users, chat):
             expect_every_message_once_in_id_order(chat, page, room)
 
 
+@pytest.mark.e2e
 def test_page_moves_its_bookmark_only_when_every_room_has_answered(page, chat, connect):
     alice = sign_up(chat)
     room = create_room(chat, alice)
@@ -982,6 +995,7 @@ def test_page_moves_its_bookmark_only_when_every_room_has_answered(page, chat, c
     expect_every_message_once_in_id_order(chat, page, room)
 
 
+@pytest.mark.e2e
 def test_server_restart_loses_nothing_doubles_nothing_and_keeps_history(new_user, tmp_path):
     with start_server(tmp_path) as server:
         alice, bob = new_user(), new_user()

@@ -117,6 +117,7 @@ def sockets_closed(page):
     return closed
 
 
+@pytest.mark.e2e
 def test_alice_and_bob_land_on_different_servers_and_chat_through_nginx_over_http_2(
     two_users, stack
 ):
@@ -146,6 +147,7 @@ def user_name(page):
     return page.locator("header b").text_content()
 
 
+@pytest.mark.e2e
 def test_pages_load_nothing_from_elsewhere_run_no_inline_code_and_cookies_are_secure(page, stack):
     violations = []
     page.on("console", lambda message: violations.append(message.text))
@@ -248,6 +250,7 @@ def expect_progress(pages, steps=3):
         expect(steps_shown(page).nth(count + steps - 1)).to_be_attached()
 
 
+@pytest.mark.e2e
 def test_ten_pages_of_one_browser_follow_a_job_at_once_over_http_2(page, stack):
     sign_up(page, stack)
     job_url = start_job_in_page(page, stack)
@@ -270,6 +273,7 @@ def http_1_1_browser(browser_type, browser_type_launch_args):
     browser.close()
 
 
+@pytest.mark.e2e
 def test_over_http_1_1_a_seventh_page_gets_nothing_while_six_follow_a_job(http_1_1_browser, stack):
     context = http_1_1_browser.new_context(ignore_https_errors=True)
     first = context.new_page()
@@ -292,6 +296,7 @@ def test_over_http_1_1_a_seventh_page_gets_nothing_while_six_follow_a_job(http_1
     context.close()
 
 
+@pytest.mark.e2e
 def test_an_idle_page_stays_connected_longer_than_nginx_read_timeout(page, stack):
     closed = sockets_closed(page)
     sign_up(page, stack)
@@ -304,6 +309,7 @@ def test_an_idle_page_stays_connected_longer_than_nginx_read_timeout(page, stack
     assert server_of(page) == server
 
 
+@pytest.mark.e2e
 def test_removing_a_member_takes_their_socket_on_the_other_server_out_of_the_room(two_users, stack):
     alice, bob = (sign_up(page, stack) for page in two_users)
     room = unique("room")
@@ -331,6 +337,7 @@ def test_removing_a_member_takes_their_socket_on_the_other_server_out_of_the_roo
     expect(bob.locator(f"section.room[data-room='{room}'] li")).to_have_count(0)
 
 
+@pytest.mark.e2e
 def test_signing_out_in_one_tab_closes_the_tab_on_the_other_server(page, stack):
     first = sign_up(page, stack)
     second = page.context.new_page()
@@ -359,6 +366,7 @@ def post_to(stack, app, page, path):
 # --- stopping things ---
 
 
+@pytest.mark.e2e
 def test_a_rolling_restart_loses_and_doubles_no_message(new_user, own_stack):
     alice, bob = sign_up(new_user(), own_stack), sign_up(new_user(), own_stack)
     assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
@@ -416,6 +424,7 @@ def status_of(page):
     return page.locator("#status").text_content()
 
 
+@pytest.mark.e2e
 def test_a_job_whose_server_stops_is_shown_as_lost(page, own_stack):
     sign_up(page, own_stack)
     start_job_in_page(page, own_stack)
@@ -433,6 +442,7 @@ def test_a_job_whose_server_stops_is_shown_as_lost(page, own_stack):
     expect(card.get_by_role("status")).not_to_have_text("Done")
 
 
+@pytest.mark.e2e
 def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_again(
     two_users, own_stack
 ):
@@ -497,6 +507,7 @@ def test_make_step_08_without_nginx_says_what_to_install_and_installs_nothing(tm
     assert "brew install nginx openssl redis" in done.stderr
 
 
+@pytest.mark.e2e
 def test_make_step_08_serves_https_with_http_2_and_ctrl_c_stops_everything(page, tmp_path):
     https_port = free_port()
     run = subprocess.Popen(

@@ -10,6 +10,7 @@ import pytest
 from harness import ROOT, OriginGuard, free_port, no_reload
 
 
+@pytest.mark.e2e
 def test_no_reload_fails_when_the_page_reloads(page, serve):
     server = serve("01_echo")
     page.goto(server.url)
@@ -17,6 +18,7 @@ def test_no_reload_fails_when_the_page_reloads(page, serve):
         page.reload()
 
 
+@pytest.mark.e2e
 def test_origin_guard_records_a_request_to_another_origin(new_context, serve):
     server = serve("01_echo")
     context = new_context()
@@ -79,3 +81,32 @@ def test_find_browser_refuses_a_chromium_path_that_is_not_a_program():
     found = find_browser(CHROMIUM_PATH=str(ROOT / "README.md"))
     assert found.returncode == 1
     assert "not an executable" in found.stderr
+
+
+def test_a_test_that_can_launch_a_browser_must_be_marked_e2e(pytester):
+    """conftest.py refuses to collect a test that uses Playwright's fixtures without the mark:
+    `make test-fast` leaves out e2e tests, and runs where no browser is found."""
+    for name in ("conftest.py", "harness.py"):
+        pytester.makefile(".py", **{name.removesuffix(".py"): (ROOT / "tests" / name).read_text()})
+    pytester.makeini("[pytest]\nmarkers =\n    e2e: drives a real browser\n")
+    pytester.makepyfile(
+        test_tiers="""
+        import pytest
+
+        @pytest.mark.e2e
+        def test_marked(page):
+            pass
+
+        def test_unmarked(browser_type):
+            pass
+
+        def test_without_a_browser():
+            pass
+        """
+    )
+    refused = pytester.runpytest_subprocess("--collect-only")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(
+        ["*not marked @pytest.mark.e2e:", "  test_tiers.py::test_unmarked*"]
+    )
+    assert "test_marked" not in refused.stderr.str()
