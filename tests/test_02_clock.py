@@ -8,7 +8,7 @@ from urllib.request import urlopen
 
 import psutil
 import pytest
-from harness import StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
@@ -22,7 +22,6 @@ PAGES = {
     "/htmx2": ("2", ["htmx2/dist/htmx.min.js", "htmx-ext-ws/dist/ws.min.js"], 57_326),
     "/htmx1": ("1", ["htmx1/dist/htmx.min.js"], 48_101),
 }
-RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus the library's backoff
 
 # Runs in the page before its own scripts: remembers the #clock the server rendered and how many
 # milliseconds after DOMContentLoaded the first pushed #clock replaced it.
@@ -204,7 +203,7 @@ def restart_and_see_the_clock_resume(page, server):
         server.restart()
         stopped_at = clock(page).inner_text()
         # Only the new server can move the clock on now, and it counts this page again.
-        expect(clock(page)).not_to_have_text(stopped_at, timeout=RESTART_TIMEOUT_MS)
+        expect(clock(page)).not_to_have_text(stopped_at, timeout=RECONNECT_TIMEOUT)
         expect(clocks_open(page)).to_have_text("1")
 
 

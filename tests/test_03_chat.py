@@ -12,6 +12,9 @@ import pytest
 from chat_clients import (
     FLOOD,
     ONLINE,
+    SEND_BURST,
+    SEND_RATE,
+    TOO_FAST,
     Listener,
     chat_frame,
     check_no_listener_was_dropped_or_delayed,
@@ -28,7 +31,7 @@ from chat_clients import (
     texts,
     tiny_buffer_socket,
 )
-from harness import StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from simple_websocket import Client, ConnectionClosed
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -36,12 +39,7 @@ from websockets.sync.client import connect
 
 STEP = "03_chat"
 MAX_MESSAGE_BYTES = 64 * 1024
-SEND_BURST = 10  # the step's defaults
-SEND_RATE = 5
 PRESENCE_DELAY = 0.2
-TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
-RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus htmx's reconnect backoff
-XSS = "<img src=x onerror=alert(1)>"
 # Frames a page could never send, and forms a user can fill in badly, with what the sender reads.
 BAD_FRAMES = {
     "not JSON": ("hello", "the frame is not JSON"),
@@ -179,7 +177,7 @@ def test_both_pages_reconnect_by_themselves_after_a_server_restart(two_users, se
             page.evaluate("document.getElementById('online').textContent = 'restarting'")
         server.restart()
         for page in (alice, bob):
-            expect(online_count(page)).to_have_text("2", timeout=RESTART_TIMEOUT_MS)
+            expect(online_count(page)).to_have_text("2", timeout=RECONNECT_TIMEOUT)
         say(bob, "after the restart")
         for page in (alice, bob):
             expect(messages(page)).to_have_text(

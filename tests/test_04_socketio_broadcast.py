@@ -13,6 +13,11 @@ from contextlib import ExitStack
 import pytest
 from chat_clients import (
     FLOOD,
+    QUEUE,
+    ROOM_CHECK,
+    SEND_BURST,
+    SEND_RATE,
+    TOO_FAST,
     Listener,
     SocketIOByHand,
     check_no_listener_was_dropped_or_delayed,
@@ -27,19 +32,12 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import ROOT, StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, ROOT, XSS, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 STEP = "04_socketio_broadcast"
-XSS = "<img src=x onerror=alert(1)>"
-RECONNECT_TIMEOUT = 20_000  # milliseconds
-SEND_BURST = 10  # the step's defaults
-SEND_RATE = 5
-QUEUE = 100
-ROOM_CHECK = 0.2
-TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
 
 
 # --- the step's app in this process, for socketio.test_client ---
@@ -226,7 +224,7 @@ def test_packet_over_64_kib_closes_only_that_connection(by_hand):
     mallory.ws.send('42["send message",{"data":"' + "x" * 70_000 + '","username":"M"}]')
     # The server sends Mallory a close frame. (Werkzeug then keeps the TCP connection open, and
     # websockets waits for it to drop before it reports the close: look at the frame itself.)
-    wait_until(lambda: mallory.ws.protocol.close_rcvd is not None, "Mallory is sent a close")
+    wait_until(lambda: mallory.closed_by_server, "Mallory is sent a close")
     # Alice sees one person fewer and can still chat.
     while (left := alice.next_event("presence")["count"]) >= joined:
         pass
@@ -284,8 +282,7 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(by_hand):
     flood_started = time.monotonic()
     for n in range(FLOOD):
         flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
-    flooder.say("one more", ack=1)
-    assert flooder.answers(1) == {1: {"error": TOO_FAST}}
+    assert flooder.answer_to(flooder.say("one more", ack=True)) == {"error": TOO_FAST}
     probe_sent = time.monotonic()
     prober.say("probe")
     while flooder.next_event("new message")["text"] != "probe":  # still in the room
@@ -301,8 +298,8 @@ def test_after_a_pause_a_limited_sender_is_heard_again(tmp_path):
         try:
             # Back to back: the second event comes long before the bucket holds a token again.
             # (Each event's handler runs in a thread of its own: either may take the token.)
-            alice.say("one", ack=1)
-            alice.say("two", ack=2)
+            alice.say("one", ack=True)
+            alice.say("two", ack=True)
             too_fast = (
                 "Slow down: at most 1 messages in a row, then 1 a second. That one was not sent."
             )
@@ -311,8 +308,7 @@ def test_after_a_pause_a_limited_sender_is_heard_again(tmp_path):
                 str({"ok": True}),
             ]
             time.sleep(1)  # the pause: the bucket refills with time
-            alice.say("three", ack=3)
-            assert alice.answers(1) == {3: {"ok": True}}
+            assert alice.answer_to(alice.say("three", ack=True)) == {"ok": True}
         finally:
             alice.close()
 

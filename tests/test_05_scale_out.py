@@ -21,6 +21,11 @@ import pytest
 import redis
 from chat_clients import (
     FLOOD,
+    QUEUE,
+    ROOM_CHECK,
+    SEND_BURST,
+    SEND_RATE,
+    TOO_FAST,
     Listener,
     SocketIOByHand,
     check_no_listener_was_dropped_or_delayed,
@@ -33,17 +38,20 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import ROOT, StepServer, free_port, no_reload, path_with_only, wait_until
+from harness import (
+    ROOT,
+    StepServer,
+    accepts,
+    free_port,
+    no_reload,
+    path_with_only,
+    wait_until,
+)
 from playwright.sync_api import expect
 
 STEP = "05_scale_out"
 CHANNEL = "flask-socketio"  # the channel Flask-SocketIO publishes on by default
 FAST = {"PRESENCE_INTERVAL": 0.2, "CLOCK_INTERVAL": 0.5}
-SEND_BURST = 10  # the step's defaults
-SEND_RATE = 5
-QUEUE = 100
-ROOM_CHECK = 0.2
-TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
 
 if shutil.which("redis-server") is None:
     # A learner without Redis still gets every other step tested; CI (.ci/run installs
@@ -314,10 +322,9 @@ def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broa
     alice, carol, bob = SocketIOByHand(server_a), SocketIOByHand(server_a), SocketIOByHand(server_b)
     try:
         started = time.monotonic()
-        for n in range(2 * SEND_BURST):
-            alice.say(f"m{n}", "Alice", ack=n)
-        by_id = alice.answers(2 * SEND_BURST)
-        answers = [by_id[n] for n in range(2 * SEND_BURST)]
+        asked = [alice.say(f"m{n}", "Alice", ack=True) for n in range(2 * SEND_BURST)]
+        by_number = alice.answers(2 * SEND_BURST)
+        answers = [by_number[number] for number in asked]
         allowed = SEND_BURST + SEND_RATE * (time.monotonic() - started)
         accepted = [f"m{n}" for n, answer in enumerate(answers) if answer == {"ok": True}]
         assert [answer for answer in answers if answer != {"ok": True}] == [{"error": TOO_FAST}] * (
@@ -354,8 +361,7 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
         flood_started = time.monotonic()
         for n in range(FLOOD):
             flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
-        flooder.say("one more", ack=1)
-        assert flooder.answers(1) == {1: {"error": TOO_FAST}}
+        assert flooder.answer_to(flooder.say("one more", ack=True)) == {"error": TOO_FAST}
         probe_sent = time.monotonic()
         prober.say("probe")
         while flooder.next_event("new message")["text"] != "probe":  # still in the room
@@ -472,11 +478,3 @@ def test_make_step_05_starts_two_servers_with_a_private_redis_and_ctrl_c_stops_t
         for process in [run, *children]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-
-
-def accepts(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False

@@ -11,11 +11,10 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from harness import StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 
 STEPS = 5  # JOB_STEPS of the shared server
-RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus the reconnect's backoff
 LOST = "This job was lost when the server restarted: jobs live in its memory. Start a new one."
 JOB_URL = re.compile(r"^/jobs/[0-9a-f]{8}$")
 
@@ -531,7 +530,7 @@ def test_a_connection_dropped_mid_job_resumes_and_the_log_has_every_step_once_in
             card = start_job_on_page(page)
             expect(log_items(card).nth(2)).to_be_attached()
             relay.cut()
-            expect(card.get_by_role("status")).to_have_text("Done", timeout=RESTART_TIMEOUT_MS)
+            expect(card.get_by_role("status")).to_have_text("Done", timeout=RECONNECT_TIMEOUT)
             expect(log_items(card)).to_have_text(every_step(steps))
     finally:
         relay.close()
@@ -576,7 +575,7 @@ def test_after_a_restart_the_page_says_its_job_was_lost_and_new_jobs_run(page, s
         lost = start_job_on_page(page)
         expect(log_items(lost).nth(1)).to_be_attached()
         server.restart()
-        expect(lost.get_by_role("alert")).to_have_text(LOST, timeout=RESTART_TIMEOUT_MS)
+        expect(lost.get_by_role("alert")).to_have_text(LOST, timeout=RECONNECT_TIMEOUT)
         expect(lost.get_by_role("status")).not_to_have_text("Done")
         # A job started after the restart runs to the end; it takes long enough (3 s) that
         # another reconnect of the lost job's stream would have come meanwhile.
