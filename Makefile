@@ -109,8 +109,8 @@ test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
 		$(PARALLEL)
 
-test-fast: $(VENV)/.test $(VENV)/.runtime vendor ## Run the tests that need no browser (notebooks included)
-	$(PY) -m pytest $(PARALLEL) -m "not e2e"
+test-fast: $(VENV)/.test $(VENV)/.runtime vendor ## Run the tests that need no browser and take no seconds (about a minute)
+	$(PY) -m pytest $(PARALLEL) -m "not e2e and not slow"
 
 test-step-%: $(VENV)/.test $(VENV)/.runtime vendor-% ## Run one step's tests and its notebook, e.g. make test-step-01
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \

@@ -38,7 +38,7 @@ def group_for_xdist(items):
 
     A group runs in one process, so a module's shared server starts at most twice. The groups
     that take longest start first, so that no process is left with a long one at the end: a
-    notebook or a browser test takes seconds, most other tests a fraction of one.
+    notebook, a browser test or a slow one takes seconds, most other tests a fraction of one.
     """
     cost = {}
     for item in items:
@@ -47,7 +47,7 @@ def group_for_xdist(items):
         elif item.get_closest_marker("e2e"):
             group, seconds = f"{item.path.stem} e2e", 4
         else:
-            group, seconds = item.path.stem, 0.5
+            group, seconds = item.path.stem, 5 if item.get_closest_marker("slow") else 0.5
         item.add_marker(pytest.mark.xdist_group(group))
         item.stash[GROUP] = group
         cost[group] = cost.get(group, 0) + seconds

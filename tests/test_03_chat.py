@@ -405,6 +405,7 @@ def test_after_a_pause_a_limited_sender_is_heard_again_and_its_alert_clears(serv
         assert texts(next_messages(alice)) == ["three"]
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_1013(serve):
     # QUEUE well above the bursts of 10 below; DROP_GRACE longer than the test, which reads the
     # frozen client again at the end (the next test never does).
@@ -441,6 +442,7 @@ def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_
     assert frozen_got == [f"{n} {text}" for n in range(len(frozen_got))]
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_again_is_cut_off_and_its_threads_end(serve):
     server = serve(STEP, QUEUE=5, DROP_GRACE=0.2, SEND_RATE=0)
     threads = psutil.Process(server.process.pid).num_threads

@@ -313,6 +313,7 @@ def test_after_a_pause_a_limited_sender_is_heard_again(tmp_path):
             alice.close()
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounded(tmp_path):
     """A frozen client, and a sender whose every message is 6 kB on the wire: 10 MB in all.
 

@@ -371,6 +371,7 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
         )
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounded(
     redis_server, tmp_path
 ):
@@ -438,6 +439,7 @@ def free_port_pair():
             return port
 
 
+@pytest.mark.slow
 def test_make_step_05_starts_two_servers_with_a_private_redis_and_ctrl_c_stops_them_all(tmp_path):
     port = free_port_pair()
     log = tmp_path / "make.log"

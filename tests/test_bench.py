@@ -47,6 +47,7 @@ def seq_of(frame: str) -> int:
     return int(json.loads(frame)["chat_message"].split("seq=")[1].split()[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "threads_per_page"),
     [("reference", 0), ("03 hub, Werkzeug", 3), ("04 Werkzeug", 3)],
@@ -74,6 +75,7 @@ def test_every_client_receives_every_message_once_with_its_latency(
     assert result["join_frames"] >= scenario["clients"]
 
 
+@pytest.mark.slow
 def test_a_frozen_client_stalls_the_naive_loop_and_not_the_hub(tmp_path):
     # The bench's scenario, smaller: 1800 messages that step 03 escapes to about 2.2 KB each,
     # more than the kernel buffers for a socket nobody reads (about 2.7 MB here).
@@ -90,6 +92,7 @@ def test_a_frozen_client_stalls_the_naive_loop_and_not_the_hub(tmp_path):
     assert hub["lost"] == 0 and hub["frozen_dropped"] == 1, hub
 
 
+@pytest.mark.slow
 def test_step_04_lets_a_frozen_client_go_and_grows_only_without_its_bound(tmp_path):
     # Messages of 3.3 KB in Socket.IO's JSON, 6 MB in all: more than the kernel buffers.
     scenario = {**bench.FROZEN, "clients": 2, "messages": 1800, "rate": 600, "drain_timeout": LATE}
@@ -124,6 +127,7 @@ def test_the_bench_measures_both_attacks_on_the_defended_steps_with_the_defence_
         } <= settings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["03 hub, Werkzeug", "04 Werkzeug"])
 def test_a_flood_reaches_the_listeners_only_without_the_rate_limit(tmp_path, step):
     scenario = {"clients": 5, "frames": 1000}

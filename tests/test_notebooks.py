@@ -23,6 +23,7 @@ NOTEBOOKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("path", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom_in_one_kernel(path: Path):
