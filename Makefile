@@ -101,9 +101,9 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 
 # The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Three
 # processes share the tests (pytest-xdist): most tests wait on a browser or a server, so three fit
-# on two cores. tests/conftest.py groups them (a file's servers start once in a group) and hands
-# out the longest groups first.
-PARALLEL := -n 3 --dist loadgroup --no-loadscope-reorder
+# on two cores. tests/conftest.py makes the scopes groups (a file's servers start once in a
+# group) and hands out the longest groups first.
+PARALLEL := -n 3 --dist loadscope --no-loadscope-reorder
 
 test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \

@@ -10,11 +10,10 @@ from harness import OriginGuard, StepServer
 pytest_plugins = ["pytester"]  # tests/test_harness.py runs pytest on a file of its own
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     refuse_unmarked_browser_tests(items)
-    if config.getoption("dist", None) == "loadgroup":
-        group_for_xdist(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist process
+        longest_groups_first(items)
 
 
 def refuse_unmarked_browser_tests(items):
@@ -33,28 +32,42 @@ def refuse_unmarked_browser_tests(items):
         )
 
 
-def group_for_xdist(items):
-    """One xdist group per file and tier (its browser tests, the rest), one per notebook.
+def group_of(nodeid):
+    """The group a test runs in under `make test`: its file and tier (browser tests, the rest),
+    or its notebook. A group runs in one process, so a module's shared server starts at most
+    twice. (Browser tests carry Playwright's [chromium] in their id.)"""
+    path = nodeid.split("::")[0]
+    if path.endswith("test_notebooks.py"):
+        return nodeid
+    return f"{path} e2e" if "[chromium" in nodeid else path
 
-    A group runs in one process, so a module's shared server starts at most twice. The groups
-    that take longest start first, so that no process is left with a long one at the end: a
-    notebook, a browser test or a slow one takes seconds, most other tests a fraction of one.
-    """
+
+def pytest_xdist_make_scheduler(config, log):
+    """With `--dist loadscope`, pytest-xdist hands out whole scopes: let the groups be the scopes.
+    (Its own `--dist loadgroup` renames tests, which pytest 9 no longer lets a plugin do.)"""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoadGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return group_of(nodeid)
+
+    return LoadGroupScheduling(config, log)
+
+
+def longest_groups_first(items):
+    """Order the tests so that the groups that take longest are handed out first, and no process
+    is left with a long one at the end: a notebook, a browser test or a slow one takes seconds,
+    most other tests a fraction of one. (`--no-loadscope-reorder` keeps this order.)"""
     cost = {}
     for item in items:
-        if item.path.name == "test_notebooks.py":
-            group, seconds = item.name, 20
-        elif item.get_closest_marker("e2e"):
-            group, seconds = f"{item.path.stem} e2e", 4
-        else:
-            group, seconds = item.path.stem, 5 if item.get_closest_marker("slow") else 0.5
-        item.add_marker(pytest.mark.xdist_group(group))
-        item.stash[GROUP] = group
+        seconds = 20 if "test_notebooks.py" in item.nodeid else 0.5
+        if item.get_closest_marker("e2e") or item.get_closest_marker("slow"):
+            seconds = max(seconds, 5)
+        group = group_of(item.nodeid)
         cost[group] = cost.get(group, 0) + seconds
-    items.sort(key=lambda item: -cost[item.stash[GROUP]])  # stable: a file keeps its order
-
-
-GROUP = pytest.StashKey[str]()
+    items.sort(key=lambda item: -cost[group_of(item.nodeid)])  # stable: a file keeps its order
 
 
 @pytest.fixture(scope="session")
