@@ -1,5 +1,6 @@
 """The test harness can fail: its guards catch a reload and a request to another origin."""
 
+import contextlib
 import os
 import re
 import signal
@@ -7,7 +8,7 @@ import subprocess
 from urllib.request import urlopen
 
 import pytest
-from harness import ROOT, OriginGuard, free_port, no_reload
+from harness import ROOT, OriginGuard, free_port, no_reload, wait_until
 
 
 @pytest.mark.e2e
@@ -30,26 +31,29 @@ def test_origin_guard_records_a_request_to_another_origin(new_context, serve):
     assert guard.foreign == [f"{server.url}/ fetched http://127.0.0.2:9/elsewhere.js"]
 
 
-def test_make_step_serves_the_page_and_ctrl_c_stops_it():
+def test_make_step_serves_the_page_and_ctrl_c_stops_it(tmp_path):
     port = free_port()
+    log = tmp_path / "make.log"
+    # Its output goes to a file, read once make has exited: a pipe would wait for every process
+    # that ever held its end, not only make's own.
     make = subprocess.Popen(
         ["make", "--no-print-directory", "step-01", f"PORT={port}"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,  # its own process group, like a terminal's foreground job
     )
-    for line in make.stdout:
-        if "Running on" in line:
-            break
-    page_html = urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-    os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does
-    rest = make.stdout.read()
-    make.wait(timeout=10)
+    try:
+        wait_until(lambda: "Running on" in log.read_text(), "the step runs", timeout=30)
+        page_html = urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does
+        make.wait(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a test that failed leaves nothing behind
+            os.killpg(make.pid, signal.SIGKILL)
     assert "<h1>WebSocket echo</h1>" in page_html
-    assert "Traceback" not in rest
+    assert "Traceback" not in log.read_text()
 
 
 def test_make_help_lists_every_target_of_the_makefile():
