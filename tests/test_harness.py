@@ -34,16 +34,21 @@ def test_origin_guard_records_a_request_to_another_origin(new_context, serve):
 def test_make_step_serves_the_page_and_ctrl_c_stops_it(tmp_path):
     port = free_port()
     log = tmp_path / "make.log"
-    # Its output goes to a file, read once make has exited: a pipe would wait for every process
-    # that ever held its end, not only make's own.
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "step-01", f"PORT={port}"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, like a terminal's foreground job
-    )
+    # A script that runs the suite in the background (`make test &`) starts it ignoring Ctrl-C,
+    # and a program inherits that: make and the server would never hear it. A handler of our own
+    # is not inherited; a program started meanwhile gets the default, as from a terminal.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "step-01", f"PORT={port}"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+        )
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     try:
         wait_until(lambda: "Running on" in log.read_text(), "the step runs", timeout=30)
         page_html = urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
