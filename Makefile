@@ -103,14 +103,17 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 		-keyout $(@D)/localhost-key.pem -out $@ 2>/dev/null
 
 # The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Three
-# processes share the test files (each file in one, so its servers are started once): most tests
-# wait on a browser or a server, so three fit on two cores.
+# processes share the tests (pytest-xdist): most tests wait on a browser or a server, so three fit
+# on two cores. tests/conftest.py makes the scopes groups (a file's servers start once in a
+# group) and hands out the longest groups first.
+PARALLEL := -n 3 --dist loadscope --no-loadscope-reorder
+
 test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
-		-n 3 --dist loadfile
+		$(PARALLEL)
 
-test-fast: $(VENV)/.test $(VENV)/.runtime vendor ## Run the tests that need no browser (notebooks included)
-	$(PY) -m pytest -m "not e2e"
+test-fast: $(VENV)/.test $(VENV)/.runtime vendor ## Run the tests that need no browser and take no seconds (about a minute)
+	$(PY) -m pytest $(PARALLEL) -m "not e2e and not slow"
 
 test-step-%: $(VENV)/.test $(VENV)/.runtime vendor-% ## Run one step's tests and its notebook, e.g. make test-step-01
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \

@@ -21,6 +21,14 @@ from harness import wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
+# The defaults of the three steps: the rate limit and what it tells the sender, how many frames a
+# client may fall behind (QUEUE), and how often steps 04 and 05 look at their room (ROOM_CHECK).
+SEND_BURST = 10
+SEND_RATE = 5
+TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
+QUEUE = 100
+ROOM_CHECK = 0.2
+
 # --- in the browser ---
 
 
@@ -121,25 +129,45 @@ def event_in(packet):
 
 
 class SocketIOByHand:
-    """A Socket.IO client spoken by hand over a plain WebSocket: Engine.IO 4, then Socket.IO 5.
+    """A Socket.IO client spoken by hand over a plain WebSocket: Engine.IO 4, then Socket.IO 5,
+    as an attacker or a client in another language would, every packet in the order the server
+    sent it. (python-socketio's own client runs each event's handler in a thread of its own, so
+    its events can overtake each other: the tests of an order or an absence need this one.)
 
-    `0{...}` opens, `40` joins the main namespace, `42["event", data]` is an event, `42N[...]`
-    asks for acknowledgement N, which comes back as `43N[...]`; the server pings with `2`, and
-    this client answers `3` while it reads. (websockets' client, with a short close_timeout since
-    Werkzeug keeps the TCP connection open after the close handshake. Not simple-websocket's
-    1.1: when the open packet arrives with the handshake's response, it leaves the packet
-    unread until more data comes, here the first ping, 25 s later.)
+    `0{...}` opens, `40{auth}` connects to the main namespace and is answered `40{"sid":...}` or
+    refused with `44{"message":...}`, `42["event", data]` is an event, `42N[...]` asks for
+    acknowledgement N, which comes back as `43N[...]`; the server pings with `2`, and this client
+    answers `3` while it reads. Waiting for an acknowledgement keeps the packets that came first
+    for the next read. (websockets' client, with a short close_timeout since Werkzeug keeps the
+    TCP connection open after the close handshake. Not simple-websocket's 1.1: when the open
+    packet arrives with the handshake's response, it leaves the packet unread until more data
+    comes, here the first ping, 25 s later.)
     """
 
-    def __init__(self, server):
-        # No Origin header, like most scripts.
-        self.ws = connect(engine_io_url(server), compression=None, close_timeout=0.1, legacy=True)
+    def __init__(self, server, cookie=None, auth=None, origin=None):
+        # No Origin header unless given, like most scripts.
+        self.ws = connect(
+            engine_io_url(server),
+            additional_headers={"Cookie": cookie} if cookie else {},
+            origin=origin,
+            compression=None,
+            close_timeout=0.1,
+            legacy=True,  # a connection to keep, not a `with` block
+        )
+        self.kept = []  # packets read while waiting for an acknowledgement
+        self.asked = 0  # acknowledgements asked for so far: the last one's number
         self.opened = self.receive()  # the open packet: 0{"sid":...}
-        self.ws.send("40")  # join the main namespace
-        self.before_join = self.receive_until("40")
+        self.answer = self.connect(auth)
+
+    def connect(self, auth=None):
+        """Connect to the main namespace: the answer, 40{"sid":...} or 44{"message":...}."""
+        self.ws.send("40" + ("" if auth is None else json.dumps(auth)))
+        return self.wait_for(("40", "44"))
 
     def receive(self, timeout=5):
-        """The next packet other than a ping (which it answers)."""
+        """The next packet other than a ping (which it answers): a kept one first."""
+        if self.kept:
+            return self.kept.pop(0)
         while (packet := self.ws.recv(timeout=timeout)) == "2":
             self.ws.send("3")
         return packet
@@ -151,29 +179,60 @@ class SocketIOByHand:
             packets.append(self.receive(timeout))
         return packets
 
+    def wait_for(self, prefix, timeout=5):
+        """The next packet that starts with `prefix`; those before it are kept."""
+        *before, found = self.receive_until(prefix, timeout)
+        self.kept += before
+        return found
+
     def next_event(self, name, timeout=5):
         """The data of the next event called `name`."""
-        while (event := event_in(self.receive(timeout))) is None or event[0] != name:
+        while (event := self.event(timeout))[0] != name:
             pass
         return event[1]
 
-    def emit(self, event, data, ack=None):
-        self.ws.send(f"42{'' if ack is None else ack}" + json.dumps([event, data]))
+    def event(self, timeout=5):
+        """The next event, as (name, data)."""
+        while (event := event_in(self.receive(timeout))) is None:
+            pass
+        return event
 
-    def say(self, text, name="bench", ack=None):
-        self.emit("send message", {"data": text, "username": name}, ack)
+    def emit(self, event, data, ack=False):
+        """Send an event; with `ack`, ask for an acknowledgement and return its number."""
+        if ack:
+            self.asked += 1
+        self.ws.send(f"42{self.asked if ack else ''}" + json.dumps([event, data]))
+        return self.asked if ack else None
+
+    def say(self, text, name="bench", ack=False):
+        """A chat message of steps 04 and 05."""
+        return self.emit("send message", {"data": text, "username": name}, ack)
+
+    def answer_to(self, number, timeout=5):
+        """What the handler of the event that asked for acknowledgement `number` returned."""
+        return json.loads(self.wait_for(f"43{number}[", timeout)[2 + len(str(number)) :])[0]
+
+    def call(self, event, data):
+        """Emit, and return the acknowledgement's answer."""
+        return self.answer_to(self.emit(event, data, ack=True))
 
     def answers(self, count, timeout=5):
-        """The next `count` acknowledgements, {ack id: what the handler returned}.
+        """The next `count` acknowledgements, {number: what the handler returned}.
 
-        They come in the order the handlers finish, and python-socketio runs each event's handler
-        in a thread of its own.
+        They come in the order the handlers finish: python-socketio runs each event's handler in
+        a thread of its own unless the app says otherwise.
         """
         found = {}
         while len(found) < count:
-            if acked := ACK.match(packet := self.receive(timeout)):
-                found[int(acked[1])] = json.loads(packet[acked.end() - 1 :])[0]
+            packet = self.wait_for("43", timeout)
+            acked = ACK.match(packet)
+            found[int(acked[1])] = json.loads(packet[acked.end() - 1 :])[0]
         return found
+
+    @property
+    def closed_by_server(self):
+        # A close frame came. (Werkzeug then keeps the TCP connection, so recv() would wait.)
+        return self.ws.protocol.close_rcvd is not None
 
     def close(self):
         self.ws.close()
@@ -192,6 +251,10 @@ def socketio_counts(packet):
 
 
 # --- floods and frozen clients ---
+
+# The flood: how many frames or events one client sends as fast as it can. (The bench sends
+# 5,000; a thousand already fail these checks on a step without its rate limit.)
+FLOOD = 1000
 
 
 class Listener(threading.Thread):

@@ -1,16 +1,73 @@
-"""Fixtures for every test: step servers, browsers for one or two users, and the e2e marker."""
+"""Fixtures for every test: step servers and browsers for one or two users. Also the two checks
+on the suite itself: a test that can launch a browser must be marked e2e, and how the tests are
+shared out among pytest-xdist's processes."""
 
 import os
 
 import pytest
 from harness import OriginGuard, StepServer
 
+pytest_plugins = ["pytester"]  # tests/test_harness.py runs pytest on a file of its own
 
-def pytest_collection_modifyitems(items):
-    """Mark every test that drives a browser, so `make test-fast` can leave them out."""
+
+def pytest_collection_modifyitems(config, items):
+    refuse_unmarked_browser_tests(items)
+    if hasattr(config, "workerinput"):  # a pytest-xdist process
+        longest_groups_first(items)
+
+
+def refuse_unmarked_browser_tests(items):
+    """`make test-fast` runs `-m "not e2e"` on machines without a browser: a test that can launch
+    one (it uses Playwright's fixtures, which all start from `playwright`) must say so."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "playwright" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("e2e") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "These tests can launch a browser and are not marked @pytest.mark.e2e:\n  "
+            + "\n  ".join(unmarked)
+        )
+
+
+def group_of(nodeid):
+    """The group a test runs in under `make test`: its file and tier (browser tests, the rest),
+    or its notebook. A group runs in one process, so a module's shared server starts at most
+    twice. (Browser tests carry Playwright's [chromium] in their id.)"""
+    path = nodeid.split("::")[0]
+    if path.endswith("test_notebooks.py"):
+        return nodeid
+    return f"{path} e2e" if "[chromium" in nodeid else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With `--dist loadscope`, pytest-xdist hands out whole scopes: let the groups be the scopes.
+    (Its own `--dist loadgroup` renames tests, which pytest 9 no longer lets a plugin do.)"""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoadGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return group_of(nodeid)
+
+    return LoadGroupScheduling(config, log)
+
+
+def longest_groups_first(items):
+    """Order the tests so that the groups that take longest are handed out first, and no process
+    is left with a long one at the end: a notebook, a browser test or a slow one takes seconds,
+    most other tests a fraction of one. (`--no-loadscope-reorder` keeps this order.)"""
+    cost = {}
     for item in items:
-        if "browser" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.e2e)
+        seconds = 20 if "test_notebooks.py" in item.nodeid else 0.5
+        if item.get_closest_marker("e2e") or item.get_closest_marker("slow"):
+            seconds = max(seconds, 5)
+        group = group_of(item.nodeid)
+        cost[group] = cost.get(group, 0) + seconds
+    items.sort(key=lambda item: -cost[group_of(item.nodeid)])  # stable: a file keeps its order
 
 
 @pytest.fixture(scope="session")

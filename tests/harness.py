@@ -11,6 +11,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+# How long a page may take to come back after a server restart (ms, for Playwright): the server
+# starts in a second or two on a loaded machine, and the client library backs off between tries.
+RECONNECT_TIMEOUT = 20_000
+XSS = "<img src=x onerror=alert(1)>"  # text that runs a script if a page takes it for HTML
 
 
 def wait_until(condition, what: str, timeout: float = 10) -> None:
@@ -31,6 +35,14 @@ def path_with_only(folder: Path, *tools: str) -> str:
     for tool in tools:
         (folder / tool).symlink_to(shutil.which(tool))
     return str(folder)
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -97,14 +109,7 @@ class StepServer:
         return self.log.read_text(errors="replace")
 
     def _exited_or_accepts(self) -> bool:
-        return self.process.poll() is not None or self._accepts()
-
-    def _accepts(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
+        return self.process.poll() is not None or accepts(self.port)
 
 
 @contextmanager

@@ -6,28 +6,19 @@ host, where each line is a service of its own: so here each line runs under a ho
 with the environment make gives it. The certificate comes from make's own rule.
 """
 
-import http.client
 import os
-import re
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
 
 import redis
-from harness import ROOT, free_port, wait_until
+from harness import ROOT, accepts, free_port, wait_until
 
 STEP = ROOT / "steps" / "08_production"
 PROCESSES = ("redis", "app1", "app2", "nginx")  # in the order they start
 CHANNEL = "flask-socketio"  # where Flask-SocketIO publishes, and every app server listens
-PASSWORD = "correct horse"
-# The self-signed certificate is the point: the tests accept it, as a browser context does with
-# ignore_https_errors.
-UNVERIFIED = ssl._create_unverified_context()
 
 
 class Stack:
@@ -42,6 +33,7 @@ class Stack:
         self.url = f"https://localhost:{self.https_port}"
         self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
         self.database = self.instance / "chat.sqlite"
+        self.certificate = self.instance / "localhost.pem"  # self-signed, for localhost
         self.env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -57,8 +49,7 @@ class Stack:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def __enter__(self):
-        certificate = self.instance / "localhost.pem"
-        subprocess.run(["make", "-s", str(certificate)], cwd=ROOT, check=True, timeout=60)
+        subprocess.run(["make", "-s", str(self.certificate)], cwd=ROOT, check=True, timeout=60)
         try:
             for name in PROCESSES:
                 self.start(name)
@@ -124,59 +115,3 @@ class Stack:
 
     def _exited(self, name: str) -> bool:
         return self.processes[name].poll() is not None
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-class Client:
-    """A signed-in user over plain HTTPS (HTTP/1.1, through nginx): forms with their CSRF token and
-    the Referer a browser sends, which Flask-WTF checks on HTTPS."""
-
-    def __init__(self, stack: Stack, name: str):
-        self.stack, self.name = stack, name
-        self.cookies: dict[str, str] = {}
-        response = self.post("/signup", "/signup", username=name, password=PASSWORD)
-        assert response.status == 302, response.read()
-
-    def connection(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(
-            "localhost", self.stack.https_port, context=UNVERIFIED, timeout=10
-        )
-
-    def cookie(self) -> str:
-        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-
-    def request(self, method: str, path: str, body=None, headers=()):
-        connection = self.connection()
-        connection.request(method, path, body, {"Cookie": self.cookie(), **dict(headers)})
-        response = connection.getresponse()
-        for header in response.headers.get_all("Set-Cookie") or ():
-            name, value = header.split(";")[0].split("=", 1)
-            self.cookies[name] = value
-        return response
-
-    def get(self, path: str, **headers):
-        return self.request("GET", path, headers=headers)
-
-    def post(self, path: str, form_page: str, **fields):
-        page = self.get(form_page).read().decode()
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-        token = token or re.search(r'name="csrf_token" value="([^"]+)"', page)
-        body = urlencode({"csrf_token": token[1], **fields})
-        headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Referer": f"{self.stack.url}{form_page}",
-        }
-        return self.request("POST", path, body, headers)
-
-    def start_job(self) -> str:
-        """POST /jobs from the jobs page; the job's id."""
-        response = self.post("/jobs", "/jobs")
-        assert response.status == 201, response.read()
-        return urlsplit(response.headers["Location"]).path.rsplit("/", 1)[1]

@@ -23,6 +23,7 @@ def open_echo_page(page, server):
 # --- in the browser ---
 
 
+@pytest.mark.e2e
 def test_typed_message_comes_back_into_the_log_without_reload(page, echo_server):
     open_echo_page(page, echo_server)
     with no_reload(page):
@@ -32,6 +33,7 @@ def test_typed_message_comes_back_into_the_log_without_reload(page, echo_server)
     expect(page.get_by_label("Message")).to_have_value("")
 
 
+@pytest.mark.e2e
 def test_twenty_quick_messages_come_back_in_order(page, echo_server):
     open_echo_page(page, echo_server)
     messages = [f"message {n}" for n in range(20)]
@@ -41,6 +43,7 @@ def test_twenty_quick_messages_come_back_in_order(page, echo_server):
     expect(page.get_by_role("log").get_by_role("listitem")).to_have_text(messages)
 
 
+@pytest.mark.e2e
 def test_empty_or_blank_message_is_not_sent(page, echo_server):
     sent = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
@@ -54,6 +57,7 @@ def test_empty_or_blank_message_is_not_sent(page, echo_server):
     assert sent == ["not blank"]
 
 
+@pytest.mark.e2e
 def test_page_reconnects_by_itself_after_a_server_restart(page, serve):
     server = serve("01_echo")
     open_echo_page(page, server)

@@ -8,7 +8,7 @@ from urllib.request import urlopen
 
 import psutil
 import pytest
-from harness import StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
@@ -22,7 +22,6 @@ PAGES = {
     "/htmx2": ("2", ["htmx2/dist/htmx.min.js", "htmx-ext-ws/dist/ws.min.js"], 57_326),
     "/htmx1": ("1", ["htmx1/dist/htmx.min.js"], 48_101),
 }
-RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus the library's backoff
 
 # Runs in the page before its own scripts: remembers the #clock the server rendered and how many
 # milliseconds after DOMContentLoaded the first pushed #clock replaced it.
@@ -104,6 +103,7 @@ class PageElements(HTMLParser):
 # --- in the browser ---
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", PAGES)
 def test_clock_shows_a_pushed_time_within_a_second_then_ticks_without_reload(
     page, clock_server, path
@@ -118,6 +118,7 @@ def test_clock_shows_a_pushed_time_within_a_second_then_ticks_without_reload(
     assert clock(page).inner_text() > first  # the same format sorts like time
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", PAGES)
 def test_each_page_loads_only_its_own_htmx_generation(page, clock_server, path):
     major, vendor_files, _ = PAGES[path]
@@ -129,6 +130,7 @@ def test_each_page_loads_only_its_own_htmx_generation(page, clock_server, path):
     assert [url.removeprefix(vendor) for url in loaded if url.startswith(vendor)] == vendor_files
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", PAGES)
 def test_each_page_downloads_the_javascript_the_readme_states(page, clock_server, path):
     """The measurement behind the README's table: bytes of script bodies the browser received."""
@@ -142,6 +144,7 @@ def test_each_page_downloads_the_javascript_the_readme_states(page, clock_server
     assert downloaded == javascript_bytes, "the scripts changed: update the table in README.md"
 
 
+@pytest.mark.e2e
 def test_clocks_open_counts_every_page_and_drops_when_one_leaves(two_users, serve):
     server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)
     alice, bob = two_users
@@ -154,6 +157,7 @@ def test_clocks_open_counts_every_page_and_drops_when_one_leaves(two_users, serv
     expect(clocks_open(alice)).to_have_text("1")
 
 
+@pytest.mark.e2e
 def test_closing_the_pages_ends_their_loops_and_threads(new_user, serve):
     server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)
     process = psutil.Process(server.process.pid)
@@ -174,6 +178,7 @@ def test_closing_the_pages_ends_their_loops_and_threads(new_user, serve):
     )
 
 
+@pytest.mark.e2e
 def test_htmx4_ignores_the_htmx1_attribute_and_never_ticks(new_user, clock_server):
     mismatched = new_user()
     sockets = []
@@ -198,10 +203,11 @@ def restart_and_see_the_clock_resume(page, server):
         server.restart()
         stopped_at = clock(page).inner_text()
         # Only the new server can move the clock on now, and it counts this page again.
-        expect(clock(page)).not_to_have_text(stopped_at, timeout=RESTART_TIMEOUT_MS)
+        expect(clock(page)).not_to_have_text(stopped_at, timeout=RECONNECT_TIMEOUT)
         expect(clocks_open(page)).to_have_text("1")
 
 
+@pytest.mark.e2e
 def test_htmx4_clock_resumes_after_a_restart_by_reconnecting_after_code_1006(page, serve):
     server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)
     open_clock_page(page, server, "/")
@@ -215,6 +221,7 @@ def test_htmx4_clock_resumes_after_a_restart_by_reconnecting_after_code_1006(pag
     assert set(page.evaluate("window.__closeCodes")) == {1006}  # retries while it was down, too
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["/htmx2", "/htmx1"])
 def test_older_htmx_clock_resumes_by_itself_after_a_server_restart(page, serve, path):
     server = serve("02_clock", CLOCK_INTERVAL=INTERVAL)

@@ -10,7 +10,11 @@ from contextlib import ExitStack
 import psutil
 import pytest
 from chat_clients import (
+    FLOOD,
     ONLINE,
+    SEND_BURST,
+    SEND_RATE,
+    TOO_FAST,
     Listener,
     chat_frame,
     check_no_listener_was_dropped_or_delayed,
@@ -27,7 +31,7 @@ from chat_clients import (
     texts,
     tiny_buffer_socket,
 )
-from harness import StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from simple_websocket import Client, ConnectionClosed
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -35,12 +39,7 @@ from websockets.sync.client import connect
 
 STEP = "03_chat"
 MAX_MESSAGE_BYTES = 64 * 1024
-SEND_BURST = 10  # the step's defaults
-SEND_RATE = 5
 PRESENCE_DELAY = 0.2
-TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
-RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus htmx's reconnect backoff
-XSS = "<img src=x onerror=alert(1)>"
 # Frames a page could never send, and forms a user can fill in badly, with what the sender reads.
 BAD_FRAMES = {
     "not JSON": ("hello", "the frame is not JSON"),
@@ -71,6 +70,7 @@ def chatroom(server):
 # --- in the browser: two users ---
 
 
+@pytest.mark.e2e
 def test_message_from_alice_appears_for_alice_and_bob_without_reload(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
@@ -84,6 +84,7 @@ def test_message_from_alice_appears_for_alice_and_bob_without_reload(two_users, 
     expect(alice.get_by_label("Name")).to_have_value("Alice")
 
 
+@pytest.mark.e2e
 def test_html_in_a_message_shows_as_text_and_nothing_runs(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
@@ -100,6 +101,7 @@ def test_html_in_a_message_shows_as_text_and_nothing_runs(two_users, serve):
     assert dialogs == []
 
 
+@pytest.mark.e2e
 def test_each_bad_input_shows_its_alert_to_alice_only_and_nothing_to_bob(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
@@ -134,6 +136,7 @@ def test_each_bad_input_shows_its_alert_to_alice_only_and_nothing_to_bob(two_use
     expect(bob.get_by_role("alert")).to_have_text("")
 
 
+@pytest.mark.e2e
 def test_online_count_shows_two_then_one_when_bob_leaves(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
@@ -146,6 +149,7 @@ def test_online_count_shows_two_then_one_when_bob_leaves(two_users, serve):
         expect(online_count(alice)).to_have_text("1")
 
 
+@pytest.mark.e2e
 def test_a_newcomer_first_sees_the_earlier_messages_in_order(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
@@ -159,6 +163,7 @@ def test_a_newcomer_first_sees_the_earlier_messages_in_order(two_users, serve):
     expect(messages(bob)).to_have_count(4)
 
 
+@pytest.mark.e2e
 def test_both_pages_reconnect_by_themselves_after_a_server_restart(two_users, serve):
     server = serve(STEP)
     alice, bob = two_users
@@ -172,7 +177,7 @@ def test_both_pages_reconnect_by_themselves_after_a_server_restart(two_users, se
             page.evaluate("document.getElementById('online').textContent = 'restarting'")
         server.restart()
         for page in (alice, bob):
-            expect(online_count(page)).to_have_text("2", timeout=RESTART_TIMEOUT_MS)
+            expect(online_count(page)).to_have_text("2", timeout=RECONNECT_TIMEOUT)
         say(bob, "after the restart")
         for page in (alice, bob):
             expect(messages(page)).to_have_text(
@@ -180,6 +185,7 @@ def test_both_pages_reconnect_by_themselves_after_a_server_restart(two_users, se
             )
 
 
+@pytest.mark.e2e
 def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_broadcast(
     two_users, serve
 ):
@@ -197,6 +203,7 @@ def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_br
     expect(bob.get_by_role("alert")).to_have_text("")
 
 
+@pytest.mark.e2e
 def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page, serve):
     server = serve(STEP)
     open_chat(page, server, online=1)
@@ -241,7 +248,9 @@ def test_socket_from_the_page_itself_or_a_script_without_origin_is_accepted(
 
 
 def test_five_clients_sending_100_messages_in_all_each_receive_all_100_in_one_order(serve):
-    server = serve(STEP, SEND_RATE=0)  # no rate limit: each client sends 20 in a burst
+    # No rate limit: each client sends 20 in a burst. A queue that holds all 100 and the counts:
+    # nobody here is slow, though a busy machine may keep a reader waiting.
+    server = serve(STEP, SEND_RATE=0, QUEUE=200)
 
     def chat(n):
         for i in range(20):
@@ -356,7 +365,7 @@ def test_oversized_frame_closes_only_that_connection_with_1009(chat_server):
 
 
 def test_a_flood_from_one_client_drops_and_delays_no_listener(chat_server):
-    """The flood: 20 listeners, one client sends 5,000 frames as fast as it can."""
+    """The flood: 20 listeners, one client sends FLOOD frames as fast as it can."""
     with ExitStack() as stack:
 
         def open_socket():
@@ -365,36 +374,40 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(chat_server):
         listeners = [Listener(open_socket().recv, message_texts) for _ in range(20)]
         flooder, prober = open_socket(), open_socket()
         flood_started = time.monotonic()
-        for n in range(5000):
+        for n in range(FLOOD):
             flooder.send(chat_frame(f"flood {n}"))
         assert next_alert(flooder) == TOO_FAST
         probe_sent = time.monotonic()
         prober.send(chat_frame("probe"))
-        # The flooder stays in the room, and was told once, not once per frame it sent.
+        # The flooder stays in the room, and was told once, not once per frame it sent: told
+        # again only after a frame that the refilling bucket let through had cleared the alert.
         received = [flooder.recv(timeout=5)]
         while "probe" not in texts(messages_in(received[-1])):
             received.append(flooder.recv(timeout=5))
-        assert not any('role="alert"' in frame for frame in received)
+        told_again = sum(TOO_FAST in frame for frame in received)
+        assert told_again <= SEND_RATE * (time.monotonic() - flood_started)
         check_no_listener_was_dropped_or_delayed(
             listeners, flood_started, probe_sent, SEND_BURST, SEND_RATE
         )
 
 
 def test_after_a_pause_a_limited_sender_is_heard_again_and_its_alert_clears(serve):
-    server = serve(STEP, SEND_BURST=1, SEND_RATE=10)  # one in a row, then one every 0.1 s
+    server = serve(STEP, SEND_BURST=1, SEND_RATE=1)  # one in a row, then one a second
     with connect(chatroom(server)) as alice:
+        # Back to back: the second frame comes long before the bucket holds a token again.
         alice.send(chat_frame("one"))
-        assert texts(next_messages(alice)) == ["one"]
         alice.send(chat_frame("two"))
+        assert texts(next_messages(alice)) == ["one"]
         assert next_alert(alice) == (
-            "Slow down: at most 1 messages in a row, then 10 a second. That one was not sent."
+            "Slow down: at most 1 messages in a row, then 1 a second. That one was not sent."
         )
-        time.sleep(0.2)  # the bucket refills with time: let some pass
+        time.sleep(1)  # the pause: the bucket refills with time
         alice.send(chat_frame("three"))
         assert next_alert(alice) == ""  # the alert is cleared, then the message broadcast
         assert texts(next_messages(alice)) == ["three"]
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_1013(serve):
     # QUEUE well above the bursts of 10 below; DROP_GRACE longer than the test, which reads the
     # frozen client again at the end (the next test never does).
@@ -431,6 +444,7 @@ def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_
     assert frozen_got == [f"{n} {text}" for n in range(len(frozen_got))]
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_again_is_cut_off_and_its_threads_end(serve):
     server = serve(STEP, QUEUE=5, DROP_GRACE=0.2, SEND_RATE=0)
     threads = psutil.Process(server.process.pid).num_threads

@@ -20,6 +20,12 @@ import psutil
 import pytest
 import redis
 from chat_clients import (
+    FLOOD,
+    QUEUE,
+    ROOM_CHECK,
+    SEND_BURST,
+    SEND_RATE,
+    TOO_FAST,
     Listener,
     SocketIOByHand,
     check_no_listener_was_dropped_or_delayed,
@@ -32,17 +38,20 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import ROOT, StepServer, free_port, no_reload, path_with_only, wait_until
+from harness import (
+    ROOT,
+    StepServer,
+    accepts,
+    free_port,
+    no_reload,
+    path_with_only,
+    wait_until,
+)
 from playwright.sync_api import expect
 
 STEP = "05_scale_out"
 CHANNEL = "flask-socketio"  # the channel Flask-SocketIO publishes on by default
 FAST = {"PRESENCE_INTERVAL": 0.2, "CLOCK_INTERVAL": 0.5}
-SEND_BURST = 10  # the step's defaults
-SEND_RATE = 5
-QUEUE = 100
-ROOM_CHECK = 0.2
-TOO_FAST = "Slow down: at most 10 messages in a row, then 5 a second. That one was not sent."
 
 if shutil.which("redis-server") is None:
     # A learner without Redis still gets every other step tested; CI (.ci/run installs
@@ -153,6 +162,7 @@ def announce(redis_url, *args):
 # --- in the browser: one chat across two servers ---
 
 
+@pytest.mark.e2e
 def test_message_from_alice_on_server_a_appears_for_bob_on_server_b_and_back(two_users, shared):
     _, server_a, server_b = shared
     alice, bob = two_users
@@ -170,6 +180,7 @@ def test_message_from_alice_on_server_a_appears_for_bob_on_server_b_and_back(two
             )
 
 
+@pytest.mark.e2e
 def test_announce_py_reaches_pages_on_both_servers_as_text(two_users, shared):
     redis_server, server_a, server_b = shared
     alice, bob = two_users
@@ -185,6 +196,7 @@ def test_announce_py_reaches_pages_on_both_servers_as_text(two_users, shared):
             expect(page.locator("#announcement b")).to_have_count(0)
 
 
+@pytest.mark.e2e
 def test_online_count_shows_two_then_one_when_bob_leaves(two_users, shared):
     # Alice on server A, Bob on server B. Pages of earlier tests may still be leaving: the counts
     # below are waited for, not read.
@@ -199,6 +211,7 @@ def test_online_count_shows_two_then_one_when_bob_leaves(two_users, shared):
         expect(online_count(alice)).to_have_text("1")
 
 
+@pytest.mark.e2e
 def test_pages_of_a_killed_server_leave_the_count_within_seconds(two_users, two_servers):
     server_a, server_b = two_servers
     alice, bob = two_users
@@ -212,6 +225,7 @@ def test_pages_of_a_killed_server_leave_the_count_within_seconds(two_users, two_
         expect(online_count(alice)).to_have_text("1", timeout=5_000)
 
 
+@pytest.mark.e2e
 def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is_one_again(
     new_user, redis_server, two_servers
 ):
@@ -255,6 +269,7 @@ def test_without_redis_each_server_serves_its_own_pages_and_after_it_the_chat_is
         expect(messages(bob)).to_have_text([re.compile("Bob, alone on B$"), *after])
 
 
+@pytest.mark.e2e
 def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_broadcast(
     two_users, redis_server, tmp_path
 ):
@@ -278,6 +293,7 @@ def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_br
             server.stop()
 
 
+@pytest.mark.e2e
 def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page, two_servers):
     open_chat(page, two_servers[0])
     with ExitStack() as stack, ThreadPoolExecutor(max_workers=50) as pool:
@@ -306,10 +322,9 @@ def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broa
     alice, carol, bob = SocketIOByHand(server_a), SocketIOByHand(server_a), SocketIOByHand(server_b)
     try:
         started = time.monotonic()
-        for n in range(2 * SEND_BURST):
-            alice.say(f"m{n}", "Alice", ack=n)
-        by_id = alice.answers(2 * SEND_BURST)
-        answers = [by_id[n] for n in range(2 * SEND_BURST)]
+        asked = [alice.say(f"m{n}", "Alice", ack=True) for n in range(2 * SEND_BURST)]
+        by_number = alice.answers(2 * SEND_BURST)
+        answers = [by_number[number] for number in asked]
         allowed = SEND_BURST + SEND_RATE * (time.monotonic() - started)
         accepted = [f"m{n}" for n, answer in enumerate(answers) if answer == {"ok": True}]
         assert [answer for answer in answers if answer != {"ok": True}] == [{"error": TOO_FAST}] * (
@@ -329,7 +344,7 @@ def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broa
 
 
 def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
-    """The flood: 20 listeners (10 on each server), one sends 5,000 events at once."""
+    """The flood: 20 listeners (10 on each server), one sends FLOOD events at once."""
     _, server_a, server_b = shared
     with ExitStack() as stack:
 
@@ -344,10 +359,9 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
         ]
         flooder, prober = open_client(server_a), open_client(server_b)
         flood_started = time.monotonic()
-        for n in range(5000):
+        for n in range(FLOOD):
             flooder.say(f"flood {n}")  # no acknowledgement asked: an attacker reads nothing
-        flooder.say("one more", ack=1)
-        assert flooder.answers(1) == {1: {"error": TOO_FAST}}
+        assert flooder.answer_to(flooder.say("one more", ack=True)) == {"error": TOO_FAST}
         probe_sent = time.monotonic()
         prober.say("probe")
         while flooder.next_event("new message")["text"] != "probe":  # still in the room
@@ -357,6 +371,7 @@ def test_a_flood_from_one_client_drops_and_delays_no_listener(shared):
         )
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounded(
     redis_server, tmp_path
 ):
@@ -424,6 +439,7 @@ def free_port_pair():
             return port
 
 
+@pytest.mark.slow
 def test_make_step_05_starts_two_servers_with_a_private_redis_and_ctrl_c_stops_them_all(tmp_path):
     port = free_port_pair()
     log = tmp_path / "make.log"
@@ -464,11 +480,3 @@ def test_make_step_05_starts_two_servers_with_a_private_redis_and_ctrl_c_stops_t
         for process in [run, *children]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-
-
-def accepts(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False

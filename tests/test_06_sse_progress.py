@@ -11,11 +11,10 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from harness import StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 
 STEPS = 5  # JOB_STEPS of the shared server
-RESTART_TIMEOUT_MS = 20_000  # a restart takes a second or two, plus the reconnect's backoff
 LOST = "This job was lost when the server restarted: jobs live in its memory. Start a new one."
 JOB_URL = re.compile(r"^/jobs/[0-9a-f]{8}$")
 
@@ -317,6 +316,7 @@ def test_a_post_from_the_page_itself_or_from_a_script_without_origin_is_accepted
 # --- in the browser ---
 
 
+@pytest.mark.e2e
 def test_a_page_from_another_site_cannot_read_a_stream_and_its_post_is_refused(
     new_context, job_server
 ):
@@ -378,6 +378,7 @@ def start_job_on_page(page):
     return cards.nth(count)
 
 
+@pytest.mark.e2e
 def test_a_job_reaches_100_percent_with_every_step_once_without_reload(page, job_server):
     page.add_init_script(RECORD_STREAM_CLOSE)
     page.goto(job_server.url)
@@ -390,8 +391,11 @@ def test_a_job_reaches_100_percent_with_every_step_once_without_reload(page, job
     page.wait_for_function("window.__streamClosed === 'message'")
 
 
-def test_two_jobs_at_once_each_show_only_their_own_progress(page, job_server):
-    page.goto(job_server.url)
+@pytest.mark.e2e
+def test_two_jobs_at_once_each_show_only_their_own_progress(page, serve):
+    # Jobs of 3 s: the second starts long before the first ends, even on a busy machine.
+    server = serve("06_sse_progress", JOB_STEPS=STEPS, JOB_STEP_SECONDS=0.6)
+    page.goto(server.url)
     # The order in which log lines appear on the page, across both cards.
     page.evaluate("""() => {
       window.__appended = [];
@@ -413,6 +417,7 @@ def test_two_jobs_at_once_each_show_only_their_own_progress(page, job_server):
     assert appended.index(second_log) < len(appended) - 1 - appended[::-1].index(first_log)
 
 
+@pytest.mark.e2e
 def test_a_plain_event_source_receives_every_event_once_then_stops_at_204(page, job_server):
     answers = stream_answers(page)
     page.goto(job_server.url)
@@ -431,6 +436,7 @@ def test_a_plain_event_source_receives_every_event_once_then_stops_at_204(page, 
     assert [(status, sent) for _path, status, sent in answers] == [(200, None), (204, last)]
 
 
+@pytest.mark.e2e
 def test_without_hx_sse_close_htmx_keeps_asking_a_finished_job_despite_204(page, job_server):
     # Why the card needs hx-sse:close="done": htmx 4 takes 204 for a successful reconnect.
     page.goto(job_server.url)
@@ -449,8 +455,11 @@ def test_without_hx_sse_close_htmx_keeps_asking_a_finished_job_despite_204(page,
             pass
 
 
-def test_a_refused_job_shows_the_reason_and_adds_no_card(page, one_job_server):
-    page.goto(one_job_server.url)
+@pytest.mark.e2e
+def test_a_refused_job_shows_the_reason_and_adds_no_card(page, serve):
+    # One job at a time, of 2.4 s: the second click comes long before the first job ends.
+    server = serve("06_sse_progress", JOB_STEPS=3, JOB_STEP_SECONDS=0.8, MAX_JOBS=1)
+    page.goto(server.url)
     running = start_job_on_page(page)
     page.get_by_role("button", name="Start a job").click()
     expect(page.locator("#error")).to_have_text(
@@ -509,6 +518,7 @@ class CuttableRelay:
         self.cut()
 
 
+@pytest.mark.e2e
 def test_a_connection_dropped_mid_job_resumes_and_the_log_has_every_step_once_in_order(page, serve):
     steps = 10
     server = serve("06_sse_progress", JOB_STEPS=steps, JOB_STEP_SECONDS=0.25)
@@ -520,7 +530,7 @@ def test_a_connection_dropped_mid_job_resumes_and_the_log_has_every_step_once_in
             card = start_job_on_page(page)
             expect(log_items(card).nth(2)).to_be_attached()
             relay.cut()
-            expect(card.get_by_role("status")).to_have_text("Done", timeout=RESTART_TIMEOUT_MS)
+            expect(card.get_by_role("status")).to_have_text("Done", timeout=RECONNECT_TIMEOUT)
             expect(log_items(card)).to_have_text(every_step(steps))
     finally:
         relay.close()
@@ -530,6 +540,7 @@ def test_a_connection_dropped_mid_job_resumes_and_the_log_has_every_step_once_in
     assert 3 <= int(resumed_from) < steps
 
 
+@pytest.mark.e2e
 def test_a_hidden_tab_pauses_its_stream_and_catches_up_with_every_step_when_shown(page, job_server):
     answers = stream_answers(page)
     page.goto(job_server.url)
@@ -555,6 +566,7 @@ def test_a_hidden_tab_pauses_its_stream_and_catches_up_with_every_step_when_show
     ]
 
 
+@pytest.mark.e2e
 def test_after_a_restart_the_page_says_its_job_was_lost_and_new_jobs_run(page, serve):
     server = serve("06_sse_progress", JOB_STEPS=10, JOB_STEP_SECONDS=0.3)
     answers = stream_answers(page)
@@ -563,7 +575,7 @@ def test_after_a_restart_the_page_says_its_job_was_lost_and_new_jobs_run(page, s
         lost = start_job_on_page(page)
         expect(log_items(lost).nth(1)).to_be_attached()
         server.restart()
-        expect(lost.get_by_role("alert")).to_have_text(LOST, timeout=RESTART_TIMEOUT_MS)
+        expect(lost.get_by_role("alert")).to_have_text(LOST, timeout=RECONNECT_TIMEOUT)
         expect(lost.get_by_role("status")).not_to_have_text("Done")
         # A job started after the restart runs to the end; it takes long enough (3 s) that
         # another reconnect of the lost job's stream would have come meanwhile.
@@ -575,6 +587,7 @@ def test_after_a_restart_the_page_says_its_job_was_lost_and_new_jobs_run(page, s
     assert [status for path, status, _sent in answers if path == lost_stream] == [200, 404]
 
 
+@pytest.mark.e2e
 def test_a_seventh_page_gets_no_event_while_six_http_1_1_streams_are_open(new_user, serve):
     server = serve("06_sse_progress", JOB_STEPS=1000, JOB_STEP_SECONDS=0.2, MAX_JOBS=10)
     first = new_user()

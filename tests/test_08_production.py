@@ -9,21 +9,22 @@ import contextlib
 import http.client
 import os
 import re
-import secrets
 import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import psutil
 import pytest
-from harness import ROOT, free_port, no_reload, path_with_only, wait_until
+from accounts import post_form, send_message, sign_up, sign_up_in_browser, unique
+from harness import RECONNECT_TIMEOUT, ROOT, free_port, no_reload, path_with_only, wait_until
 from playwright.sync_api import expect
-from stack_08 import PASSWORD, Client, Stack
+from stack_08 import Stack
 
 # The shared stack: a short nginx timeout (so the idle test is quick), pings and heartbeats
 # well inside it, and jobs that run longer than any test.
@@ -37,7 +38,6 @@ SHARED = {
     "SEND_RATE": 0,
 }
 IDLE_SECONDS = 6  # three times the shared stack's proxy_read_timeout
-RECONNECT_TIMEOUT = 20_000  # ms: Socket.IO's backoff, plus a server start on a loaded machine
 LOST = "This job was lost: the server running it stopped before it finished. Start a new one."
 
 missing = [tool for tool in ("nginx", "openssl", "redis-server") if shutil.which(tool) is None]
@@ -68,33 +68,18 @@ def own_stack(tmp_path):
         yield stack
 
 
-def unique(prefix):
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
 # --- in the browser ---
 
 
-def sign_up(page, stack, name=None):
-    """Sign up on the page (which lands on the chat) and wait until its socket is connected."""
-    page.goto(f"{stack.url}/signup")
-    page.get_by_label("Username").fill(name or unique("user"))
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
-    expect(page.locator("#status")).to_have_text("connected")
+def signed_up(page, stack):
+    """The page, signed up as a new user, its socket connected to one of the two app servers."""
+    sign_up_in_browser(page, stack)
     expect(page.locator("#server")).to_have_text(re.compile(r"^app[12]$"))
     return page
 
 
 def server_of(page):
     return page.locator("#server").text_content()
-
-
-def send(page, text):
-    """Send a message and wait for its acknowledgement (the box is emptied then)."""
-    page.get_by_role("textbox", name="Message").fill(text)
-    page.get_by_role("button", name="Send").click()
-    expect(page.get_by_role("textbox", name="Message")).to_have_value("", timeout=RECONNECT_TIMEOUT)
 
 
 def shown(page, room="general"):
@@ -117,21 +102,22 @@ def sockets_closed(page):
     return closed
 
 
+@pytest.mark.e2e
 def test_alice_and_bob_land_on_different_servers_and_chat_through_nginx_over_http_2(
     two_users, stack
 ):
-    alice, bob = (sign_up(page, stack) for page in two_users)
+    alice, bob = (signed_up(page, stack) for page in two_users)
     # least_conn in nginx.conf: Bob's socket goes to the server that has none open.
     assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
     for page in (alice, bob):
         protocol = page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
         assert protocol == "h2"
     with no_reload(alice), no_reload(bob):
-        send(alice, "hello <b>Bob</b>")
+        send_message(alice, "hello <b>Bob</b>")
         expect(bob.locator("section.room[data-room='general'] li span")).to_have_text(
             ["hello <b>Bob</b>"]
         )
-        send(bob, "hello Alice")
+        send_message(bob, "hello Alice")
         for page in (alice, bob):
             expect(page.locator("section.room[data-room='general'] li span")).to_have_text(
                 ["hello <b>Bob</b>", "hello Alice"]
@@ -146,12 +132,13 @@ def user_name(page):
     return page.locator("header b").text_content()
 
 
+@pytest.mark.e2e
 def test_pages_load_nothing_from_elsewhere_run_no_inline_code_and_cookies_are_secure(page, stack):
     violations = []
     page.on("console", lambda message: violations.append(message.text))
     responses = []
     page.on("response", lambda response: responses.append(response))
-    sign_up(page, stack)
+    signed_up(page, stack)
     page.get_by_role("link", name="Jobs").click()
     page.get_by_role("button", name="Start a job").click()
     expect(page.locator("article.job li").nth(1)).to_be_attached()
@@ -176,13 +163,28 @@ def test_plain_http_redirects_to_https_on_the_same_path(stack):
 # --- the job stream through nginx ---
 
 
+def start_job(stack, user):
+    """POST /jobs from the jobs page, as its button does; the new job's id."""
+    response = post_form(user.http, stack, "/jobs", "/jobs")
+    assert response.status_code == 201, response.text
+    return urlsplit(response.headers["Location"]).path.rsplit("/", 1)[1]
+
+
+def open_stream(stack, user, job):
+    """GET the job's events through nginx, with http.client: its read1() returns what has come."""
+    certificate = ssl.create_default_context(cafile=stack.certificate)
+    connection = http.client.HTTPSConnection("localhost", stack.https_port, context=certificate)
+    connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie})
+    return connection.getresponse()
+
+
 def test_a_jobs_events_come_through_nginx_one_by_one_within_200_ms_of_being_produced(stack):
-    user = Client(stack, unique("streamer"))
-    job = user.start_job()
+    user = sign_up(stack, unique("streamer"))
+    job = start_job(stack, user)
     produced = {}  # event id -> when it appeared in Redis: that is when the job produced it
     watcher = threading.Thread(target=watch_events, args=(stack, job, produced, 8), daemon=True)
     watcher.start()
-    response = user.get(f"/jobs/{job}/events")
+    response = open_stream(stack, user, job)
     assert response.headers["Content-Type"] == "text/event-stream"
     opened = time.monotonic()
     arrived = {}  # event id -> when its bytes came out of nginx
@@ -213,12 +215,12 @@ def watch_events(stack, job, produced, count):
 
 
 def test_either_app_server_streams_a_job_whichever_server_runs_it(stack):
-    user = Client(stack, unique("jobs"))
-    job = user.start_job()
+    user = sign_up(stack, unique("jobs"))
+    job = start_job(stack, user)
     streams = []
     for app in ("app1", "app2"):  # straight to each app server, without nginx
         connection = http.client.HTTPConnection("127.0.0.1", stack.ports[app], timeout=10)
-        connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie()})
+        connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie})
         response = connection.getresponse()
         assert response.status == 200
         text = ""
@@ -248,8 +250,9 @@ def expect_progress(pages, steps=3):
         expect(steps_shown(page).nth(count + steps - 1)).to_be_attached()
 
 
+@pytest.mark.e2e
 def test_ten_pages_of_one_browser_follow_a_job_at_once_over_http_2(page, stack):
-    sign_up(page, stack)
+    signed_up(page, stack)
     job_url = start_job_in_page(page, stack)
     pages = [page, *(page.context.new_page() for _ in range(9))]
     for other in pages[1:]:
@@ -270,10 +273,11 @@ def http_1_1_browser(browser_type, browser_type_launch_args):
     browser.close()
 
 
+@pytest.mark.e2e
 def test_over_http_1_1_a_seventh_page_gets_nothing_while_six_follow_a_job(http_1_1_browser, stack):
     context = http_1_1_browser.new_context(ignore_https_errors=True)
     first = context.new_page()
-    sign_up(first, stack)
+    signed_up(first, stack)
     job_url = start_job_in_page(first, stack)
     pages = [first, *(context.new_page() for _ in range(6))]
     for other in pages[1:6]:
@@ -292,9 +296,10 @@ def test_over_http_1_1_a_seventh_page_gets_nothing_while_six_follow_a_job(http_1
     context.close()
 
 
+@pytest.mark.e2e
 def test_an_idle_page_stays_connected_longer_than_nginx_read_timeout(page, stack):
     closed = sockets_closed(page)
-    sign_up(page, stack)
+    signed_up(page, stack)
     server = server_of(page)
     # Nothing is sent for three times proxy_read_timeout (2 s here): only Engine.IO's pings, every
     # second, cross nginx. Time passing is what this test is about, so it waits.
@@ -304,8 +309,9 @@ def test_an_idle_page_stays_connected_longer_than_nginx_read_timeout(page, stack
     assert server_of(page) == server
 
 
+@pytest.mark.e2e
 def test_removing_a_member_takes_their_socket_on_the_other_server_out_of_the_room(two_users, stack):
-    alice, bob = (sign_up(page, stack) for page in two_users)
+    alice, bob = (signed_up(page, stack) for page in two_users)
     room = unique("room")
     alice.get_by_label("Room name").fill(room)
     alice.get_by_role("button", name="Create room").click()
@@ -320,9 +326,9 @@ def test_removing_a_member_takes_their_socket_on_the_other_server_out_of_the_roo
     assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
     post_to(stack, server_of(alice), members, remove.get_attribute("action"))
     alice.get_by_role("link", name=room).click()
-    send(alice, "after Bob left")
+    send_message(alice, "after Bob left")
     alice.get_by_role("link", name="general").click()
-    send(alice, "to everyone")
+    send_message(alice, "to everyone")
     # Both came from Alice's server in this order: once Bob has the second, the first would have
     # come before it.
     expect(bob.locator("section.room[data-room='general'] li span").last).to_have_text(
@@ -331,8 +337,9 @@ def test_removing_a_member_takes_their_socket_on_the_other_server_out_of_the_roo
     expect(bob.locator(f"section.room[data-room='{room}'] li")).to_have_count(0)
 
 
+@pytest.mark.e2e
 def test_signing_out_in_one_tab_closes_the_tab_on_the_other_server(page, stack):
-    first = sign_up(page, stack)
+    first = signed_up(page, stack)
     second = page.context.new_page()
     second.goto(stack.url)
     expect(second.locator("#status")).to_have_text("connected")
@@ -359,14 +366,15 @@ def post_to(stack, app, page, path):
 # --- stopping things ---
 
 
+@pytest.mark.e2e
 def test_a_rolling_restart_loses_and_doubles_no_message(new_user, own_stack):
-    alice, bob = sign_up(new_user(), own_stack), sign_up(new_user(), own_stack)
+    alice, bob = signed_up(new_user(), own_stack), signed_up(new_user(), own_stack)
     assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
     people, sent = [alice, bob], []
 
     def say(page, what):
         sent.append(f"{what}: {user_name(page)} says {len(sent)}")
-        send(page, sent[-1])
+        send_message(page, sent[-1])
 
     def back(page, victim):
         return server_of(page) != victim and status_of(page) == "connected"
@@ -400,7 +408,7 @@ def test_a_rolling_restart_loses_and_doubles_no_message(new_user, own_stack):
             # Carol comes in now: least_conn puts her on the server just restarted, so that she
             # is the one who stays while the other server stops.
             if len(people) == 2:
-                people.append(sign_up(new_user(), own_stack))
+                people.append(signed_up(new_user(), own_stack))
                 assert server_of(people[-1]) == victim
     # Every message once, in the order of its id, on every page and in the database; no page
     # was reloaded.
@@ -416,8 +424,9 @@ def status_of(page):
     return page.locator("#status").text_content()
 
 
+@pytest.mark.e2e
 def test_a_job_whose_server_stops_is_shown_as_lost(page, own_stack):
-    sign_up(page, own_stack)
+    signed_up(page, own_stack)
     start_job_in_page(page, own_stack)
     card = page.locator("article.job")
     expect(steps_shown(page).first).to_be_attached()
@@ -433,19 +442,20 @@ def test_a_job_whose_server_stops_is_shown_as_lost(page, own_stack):
     expect(card.get_by_role("status")).not_to_have_text("Done")
 
 
+@pytest.mark.e2e
 def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_again(
     two_users, own_stack
 ):
-    alice, bob = (sign_up(page, own_stack) for page in two_users)
+    alice, bob = (signed_up(page, own_stack) for page in two_users)
     assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
     closed = [sockets_closed(page) for page in (alice, bob)]
-    send(alice, "before")
+    send_message(alice, "before")
     expect(bob.locator("section.room[data-room='general'] li span")).to_have_text(["before"])
     with no_reload(alice), no_reload(bob):
         own_stack.stop("redis")
         # The sockets go to the app servers, not to Redis: both pages stay connected, and a
         # message reaches the pages of its own server.
-        send(alice, "during")
+        send_message(alice, "during")
         expect(alice.locator("section.room[data-room='general'] li span")).to_have_text(
             ["before", "during"]
         )
@@ -465,7 +475,7 @@ def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_agai
         # Each app server's listener subscribes again after 1, 2, 4 ... s (python-socketio).
         wait_until(lambda: own_stack.subscribers() == 2, "both servers listen again", 30)
         print(f"cross-server delivery resumed {time.monotonic() - back:.1f} s after Redis")
-        send(bob, "after")
+        send_message(bob, "after")
         # What Alice sent during the outage never reached Bob's server (pub/sub keeps nothing).
         for page, seen in ((alice, ["before", "during", "after"]), (bob, ["before", "after"])):
             expect(page.locator("section.room[data-room='general'] li span")).to_have_text(seen)
@@ -497,6 +507,7 @@ def test_make_step_08_without_nginx_says_what_to_install_and_installs_nothing(tm
     assert "brew install nginx openssl redis" in done.stderr
 
 
+@pytest.mark.e2e
 def test_make_step_08_serves_https_with_http_2_and_ctrl_c_stops_everything(page, tmp_path):
     https_port = free_port()
     run = subprocess.Popen(

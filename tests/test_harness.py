@@ -1,5 +1,6 @@
 """The test harness can fail: its guards catch a reload and a request to another origin."""
 
+import contextlib
 import os
 import re
 import signal
@@ -7,9 +8,10 @@ import subprocess
 from urllib.request import urlopen
 
 import pytest
-from harness import ROOT, OriginGuard, free_port, no_reload
+from harness import ROOT, OriginGuard, free_port, no_reload, wait_until
 
 
+@pytest.mark.e2e
 def test_no_reload_fails_when_the_page_reloads(page, serve):
     server = serve("01_echo")
     page.goto(server.url)
@@ -17,6 +19,7 @@ def test_no_reload_fails_when_the_page_reloads(page, serve):
         page.reload()
 
 
+@pytest.mark.e2e
 def test_origin_guard_records_a_request_to_another_origin(new_context, serve):
     server = serve("01_echo")
     context = new_context()
@@ -28,26 +31,34 @@ def test_origin_guard_records_a_request_to_another_origin(new_context, serve):
     assert guard.foreign == [f"{server.url}/ fetched http://127.0.0.2:9/elsewhere.js"]
 
 
-def test_make_step_serves_the_page_and_ctrl_c_stops_it():
+def test_make_step_serves_the_page_and_ctrl_c_stops_it(tmp_path):
     port = free_port()
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "step-01", f"PORT={port}"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, like a terminal's foreground job
-    )
-    for line in make.stdout:
-        if "Running on" in line:
-            break
-    page_html = urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-    os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does
-    rest = make.stdout.read()
-    make.wait(timeout=10)
+    log = tmp_path / "make.log"
+    # A script that runs the suite in the background (`make test &`) starts it ignoring Ctrl-C,
+    # and a program inherits that: make and the server would never hear it. A handler of our own
+    # is not inherited; a program started meanwhile gets the default, as from a terminal.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "step-01", f"PORT={port}"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+        )
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    try:
+        wait_until(lambda: "Running on" in log.read_text(), "the step runs", timeout=30)
+        page_html = urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does
+        make.wait(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a test that failed leaves nothing behind
+            os.killpg(make.pid, signal.SIGKILL)
     assert "<h1>WebSocket echo</h1>" in page_html
-    assert "Traceback" not in rest
+    assert "Traceback" not in log.read_text()
 
 
 def test_make_help_lists_every_target_of_the_makefile():
@@ -79,3 +90,32 @@ def test_find_browser_refuses_a_chromium_path_that_is_not_a_program():
     found = find_browser(CHROMIUM_PATH=str(ROOT / "README.md"))
     assert found.returncode == 1
     assert "not an executable" in found.stderr
+
+
+def test_a_test_that_can_launch_a_browser_must_be_marked_e2e(pytester):
+    """conftest.py refuses to collect a test that uses Playwright's fixtures without the mark:
+    `make test-fast` leaves out e2e tests, and runs where no browser is found."""
+    for name in ("conftest.py", "harness.py"):
+        pytester.makefile(".py", **{name.removesuffix(".py"): (ROOT / "tests" / name).read_text()})
+    pytester.makeini("[pytest]\nmarkers =\n    e2e: drives a real browser\n")
+    pytester.makepyfile(
+        test_tiers="""
+        import pytest
+
+        @pytest.mark.e2e
+        def test_marked(page):
+            pass
+
+        def test_unmarked(browser_type):
+            pass
+
+        def test_without_a_browser():
+            pass
+        """
+    )
+    refused = pytester.runpytest_subprocess("--collect-only")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(
+        ["*not marked @pytest.mark.e2e:", "  test_tiers.py::test_unmarked*"]
+    )
+    assert "test_marked" not in refused.stderr.str()

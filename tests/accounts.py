@@ -1,0 +1,122 @@
+"""Accounts of steps 07 and 08 for their tests: sign up, sign in and sign out.
+
+- Over HTTP, as a script would: `sign_up`, `sign_in` and `sign_out` give or take a `Person`, whose
+  requests session holds the session cookie; `post_form` submits any of the pages' forms.
+- In the browser, as a person would: `sign_up_in_browser`, `sign_in_in_browser`,
+  `sign_out_in_browser`; then `send_message` on the chat page.
+
+Step 07's server and step 08's stack both have `url` (step 08's over HTTPS, with its
+self-signed `certificate`).
+"""
+
+import re
+import secrets
+from dataclasses import dataclass
+
+import requests
+from harness import RECONNECT_TIMEOUT
+from playwright.sync_api import expect
+
+PASSWORD = "correct horse"
+# Every form carries the session's token; the jobs page renders it without `type`.
+CSRF_TOKEN = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
+
+
+def unique(prefix):
+    """A name no other test takes: the tests of a module share a server and its database."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+# --- over HTTP ---
+
+
+@dataclass
+class Person:
+    name: str
+    http: requests.Session
+
+    @property
+    def cookie(self):
+        """The Cookie header a socket's handshake carries."""
+        return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+
+
+def session(server):
+    http = requests.Session()
+    http.trust_env = False  # the servers are local: no proxy, and no CA bundle from the environment
+    if hasattr(server, "certificate"):
+        http.verify = str(server.certificate)  # step 08's, self-signed
+    return http
+
+
+def csrf_token(html):
+    return CSRF_TOKEN.search(html)[1]
+
+
+def post_form(http, server, path, form_page="/login", **fields):
+    """Submit a form as its page would: with the csrf_token of this session's pages, and the
+    page as Referer (Flask-WTF checks it over HTTPS). /login is / once signed in."""
+    page = http.get(f"{server.url}{form_page}")
+    token = csrf_token(page.text)
+    return http.post(
+        f"{server.url}{path}", data={"csrf_token": token, **fields}, headers={"Referer": page.url}
+    )
+
+
+def sign_up(server, name=None):
+    person = Person(name or unique("user"), session(server))
+    fields = {"username": person.name, "password": PASSWORD}
+    response = post_form(person.http, server, "/signup", "/signup", **fields)
+    assert response.url == f"{server.url}/", response.text  # on the chat page: signed in
+    return person
+
+
+def sign_in(server, name):
+    """`name` signed in once more: another login, as on another device."""
+    person = Person(name, session(server))
+    response = post_form(person.http, server, "/login", username=name, password=PASSWORD)
+    assert response.url == f"{server.url}/", response.text
+    return person
+
+
+def sign_out(person, server):
+    response = post_form(person.http, server, "/logout", "/")
+    assert response.url.startswith(f"{server.url}/login"), response.text
+
+
+# --- in the browser ---
+
+
+def sign_up_in_browser(page, server, name=None):
+    """Sign up on the page, which lands on the chat, and wait until its socket is connected."""
+    name = name or unique("user")
+    page.goto(f"{server.url}/signup")
+    fill_in_the_form(page, name)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.locator("#status")).to_have_text("connected")
+    return name
+
+
+def sign_in_in_browser(page, server, name):
+    page.goto(f"{server.url}/login")
+    fill_in_the_form(page, name)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#status")).to_have_text("connected")
+
+
+def fill_in_the_form(page, name):
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password").fill(PASSWORD)
+
+
+def sign_out_in_browser(page):
+    page.get_by_role("button", name="Sign out").click()
+
+
+def send_message(page, text):
+    """Send a message from the chat page and wait for the server's acknowledgement: the box
+    empties then (after a reconnect, if the page is between two)."""
+    box = page.get_by_role("textbox", name="Message")
+    box.fill(text)
+    page.get_by_role("button", name="Send").click()
+    expect(box).to_have_value("", timeout=RECONNECT_TIMEOUT)
