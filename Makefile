@@ -118,8 +118,10 @@ lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that no
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
+# Notebook 06 drives a Chromium: the one the tests would use (CHROMIUM_PATH), found the same way.
 lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experiment with each step
-	cd notebooks && ../$(VENV)/bin/jupyter lab
+	@browser=$$(bash tests/find-browser.sh $(PY)) && cd notebooks && \
+		CHROMIUM_PATH="$$browser" ../$(VENV)/bin/jupyter lab
 
 bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, 3 rounds (~12 min): bench/results.md
 	$(PY) bench/run.py --out bench/results.json
