@@ -22,6 +22,8 @@ from playwright.sync_api import expect
 from stack_08 import Stack
 from test_07_rooms_and_logins import RECONNECT_TIMEOUT, sign_up_in
 
+pytestmark = pytest.mark.e2e  # every test here drives a browser
+
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 PICTURES = os.environ.get("PICTURES") == "1"
 MARGIN = 12  # pixels of white around a picture, and between its parts
