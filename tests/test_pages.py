@@ -477,7 +477,7 @@ class TestStep08Production:
         follow_to_done(page.locator("article.job"))
         check_accessibility(page)
         save_picture(self.STEP, "job.png", page.locator("main"))
-        for _ in range(4):  # each server runs one job at a time (MAX_JOBS): soon one is refused
+        for _ in range(6):  # each server runs one job at a time (MAX_JOBS): soon one is refused
             with page.expect_response(re.compile("/jobs$")) as answer:
                 start.click()
             if answer.value.status == 429:
@@ -492,8 +492,10 @@ class TestStep08Production:
     def test_signing_out_closes_the_same_login_on_the_other_server(self, page, stack):
         sign_up_in(page, stack, "dave")
         other_tab = page.context.new_page()
-        other_tab.goto(stack.url)
-        # nginx sends a socket to the app server with the fewest: the other one.
+        for _ in range(3):  # nginx sends a socket to the app server with the fewest: the other
+            other_tab.goto(stack.url)  # one, unless another test's are still closing there
+            if app_server(other_tab) != app_server(page):
+                break
         assert app_server(other_tab) != app_server(page)
         page.get_by_role("button", name="Sign out").click()
         expect(other_tab.get_by_role("alert")).to_have_text("You are signed out: sign in again.")
