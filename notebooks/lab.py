@@ -3,7 +3,8 @@
 The step's app.py is loaded afresh on every call (so a notebook can run twice in one kernel) and
 served by Werkzeug in a background thread on a free port, which it prints for your browser.
 Step 05 is about separate processes: `lab.run("05_scale_out")` starts `python app.py` as one,
-and `lab.redis_server()` a private Redis for them.
+and `lab.redis_server()` a private Redis for them. Step 06's notebook compares four ways to
+push a clock in a real Chromium: `pages = await lab.open_clock_pages()`.
 """
 
 import asyncio
@@ -185,10 +186,10 @@ def chromium_path() -> str | None:
     """The Chromium that `make lab` and `make test` found (tests/find-browser.sh puts it in
     CHROMIUM_PATH); without make, that script's answer. None: Playwright's own download."""
     if "CHROMIUM_PATH" not in os.environ:
-        script = STEPS.parent / "tests" / "find-browser.sh"
-        found = subprocess.run(
-            ["bash", str(script), sys.executable], capture_output=True, text=True, check=True
-        )
+        find_browser = ["bash", str(STEPS.parent / "tests" / "find-browser.sh"), sys.executable]
+        found = subprocess.run(find_browser, capture_output=True, text=True)
+        if found.returncode:
+            raise RuntimeError(found.stderr)  # what to install
         os.environ["CHROMIUM_PATH"] = found.stdout.strip()
     return os.environ["CHROMIUM_PATH"] or None
 
