@@ -336,7 +336,7 @@ class TestStep06SseProgress:
         check_accessibility(opened.value)
 
     def test_a_refused_job_and_a_job_lost_in_a_restart_are_said_in_alerts(self, page, serve):
-        server = serve(self.STEP, MAX_JOBS=2, JOB_STEPS=100, JOB_STEP_SECONDS=0.5)
+        server = serve(self.STEP, MAX_JOBS=2, JOB_STEPS=100, JOB_STEP_SECONDS=0.2)
         page.goto(server.url)
         start = page.get_by_role("button", name="Start a job")
         cards = page.locator("article.job")
@@ -345,7 +345,10 @@ class TestStep06SseProgress:
             expect(cards.nth(running - 1).get_by_role("status")).to_have_text(re.compile("^Step "))
         start.click()
         expect(page.locator("#error")).to_contain_text("Try again when one is done.")
+        # Enough steps for the logs to scroll: Tab must reach them, to scroll them.
+        expect(cards.last.get_by_role("listitem").nth(8)).to_be_attached()
         check_accessibility(page)
+        check_keyboard(page)
         save_picture(self.STEP, "job-refused.png", page.locator("main"))
         server.restart()
         lost = cards.first.get_by_role("alert")
