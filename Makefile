@@ -124,10 +124,11 @@ lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experimen
 		CHROMIUM_PATH="$$browser" ../$(VENV)/bin/jupyter lab
 
 # The READMEs' pictures are screenshots that tests/test_pages.py takes of the real pages when
-# PICTURES=1 (each test class is one step: -k picks them).
-pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP=07: one step's)
+# PICTURES=1. Each test class is one step: STEP="07 08" picks TestStep07... and TestStep08...
+pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="07 08": those steps')
 	@browser=$$(bash tests/find-browser.sh $(PY)) && PICTURES=1 CHROMIUM_PATH="$$browser" \
-		$(PY) -m pytest tests/test_pages.py -k "Step$(STEP)" -n 2 --dist loadscope
+		$(PY) -m pytest tests/test_pages.py -n 2 --dist loadscope \
+		-k "Step$(firstword $(STEP)) $(patsubst %,or Step%,$(STEP))"
 
 bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, 3 rounds (~12 min): bench/results.md
 	$(PY) bench/run.py --out bench/results.json
