@@ -23,7 +23,7 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
-.PHONY: help test test-fast lint lab bench bench-quick diff diff-all clean vendor tools-08
+.PHONY: help test test-fast lint lab pictures bench bench-quick diff diff-all clean vendor tools-08
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
@@ -124,8 +124,17 @@ lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that no
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
+# Notebook 06 drives a Chromium: the one the tests would use (CHROMIUM_PATH), found the same way.
 lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experiment with each step
-	cd notebooks && ../$(VENV)/bin/jupyter lab
+	@browser=$$(bash tests/find-browser.sh $(PY)) && cd notebooks && \
+		CHROMIUM_PATH="$$browser" ../$(VENV)/bin/jupyter lab
+
+# The READMEs' pictures are screenshots that tests/test_pages.py takes of the real pages when
+# PICTURES=1. Each test class is one step: STEP="07 08" picks TestStep07... and TestStep08...
+pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="07 08": those steps')
+	@browser=$$(bash tests/find-browser.sh $(PY)) && PICTURES=1 CHROMIUM_PATH="$$browser" \
+		$(PY) -m pytest tests/test_pages.py -n 2 --dist loadscope \
+		-k "Step$(firstword $(STEP)) $(patsubst %,or Step%,$(STEP))"
 
 bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, 3 rounds (~12 min): bench/results.md
 	$(PY) bench/run.py --out bench/results.json

@@ -34,11 +34,14 @@ def refuse_unmarked_browser_tests(items):
 
 def group_of(nodeid):
     """The group a test runs in under `make test`: its file and tier (browser tests, the rest),
-    or its notebook. A group runs in one process, so a module's shared server starts at most
-    twice. (Browser tests carry Playwright's [chromium] in their id.)"""
-    path = nodeid.split("::")[0]
+    its notebook, or in test_pages its step (a server per class). A group runs in one process, so
+    a shared server starts at most twice. (Browser tests carry Playwright's [chromium] in their
+    id.)"""
+    path, *rest = nodeid.split("::")
     if path.endswith("test_notebooks.py"):
         return nodeid
+    if path.endswith("test_pages.py"):
+        return f"{path}::{rest[0]}"
     return f"{path} e2e" if "[chromium" in nodeid else path
 
 

@@ -411,7 +411,7 @@ def test_two_jobs_at_once_each_show_only_their_own_progress(page, serve):
         expect(card.get_by_role("progressbar")).to_have_attribute("value", str(STEPS))
     appended = page.evaluate("window.__appended")
     first_log, second_log = (
-        card.get_by_role("log").get_attribute("id") for card in [first, second]
+        card.get_by_role("log").get_by_role("list").get_attribute("id") for card in [first, second]
     )
     # They ran at once: the second job's first step came before the first job's last.
     assert appended.index(second_log) < len(appended) - 1 - appended[::-1].index(first_log)

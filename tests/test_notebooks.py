@@ -14,11 +14,11 @@ ONCE = {
     "serves in the kernel, as the notebooks of steps 01 to 04 and 07 do, twice",
 }
 
-# A notebook that drives Chromium is a browser test: `make test-fast` leaves it out.
+# A notebook that drives Chromium (through lab.ClockPages) is a browser test: `make test-fast`
+# leaves it out.
+IN_CHROMIUM = {"06_sse_progress"}
 NOTEBOOKS = [
-    pytest.param(
-        path, id=path.stem, marks=pytest.mark.e2e if "playwright" in path.read_text() else ()
-    )
+    pytest.param(path, id=path.stem, marks=pytest.mark.e2e if path.stem in IN_CHROMIUM else ())
     for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
 ]
 

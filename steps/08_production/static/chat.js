@@ -57,7 +57,7 @@ socket.on("new message", (message) => {
   if ($(`message-${message.id}`)) return;
   const section = rooms.get(message.room);
   if (!section) return;
-  section.querySelector("[role=log]").append(render(message));
+  section.querySelector(".messages").append(render(message));
   newest = Math.max(newest, message.id);
   if (caughtUp) bookmark = newest;
 });
