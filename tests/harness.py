@@ -17,6 +17,12 @@ RECONNECT_TIMEOUT = 20_000
 XSS = "<img src=x onerror=alert(1)>"  # text that runs a script if a page takes it for HTML
 
 
+def step_folder(step: str) -> Path:
+    """Where a step lives: `steps/<step>`, or the copy an exercise works on, which the environment
+    names (`STEP_FOLDER_03_chat=work/03-1`): the same tests then run on that copy."""
+    return Path(os.environ.get(f"STEP_FOLDER_{step}", ROOT / "steps" / step)).resolve()
+
+
 def wait_until(condition, what: str, timeout: float = 10) -> None:
     """Check `condition` every 50 ms until it holds; fail after `timeout` seconds.
 
@@ -53,13 +59,21 @@ def free_port() -> int:
 
 class StepServer:
     """`python steps/<step>/app.py` in a subprocess on a free port, as `make step-NN` runs it.
+    `folder` is where the step lives, if not where `step_folder(step)` says.
 
     Use it as a context manager. `restart()` kills the process and starts it again on the same
     port, which is how the tests check that open pages survive a server restart.
     """
 
-    def __init__(self, step: str, log_dir: Path, command: list[str] | None = None, **env):
-        self.app = ROOT / "steps" / step / "app.py"
+    def __init__(
+        self,
+        step: str,
+        log_dir: Path,
+        command: list[str] | None = None,
+        folder: Path | None = None,
+        **env,
+    ):
+        self.app = (folder or step_folder(step)) / "app.py"
         # Another server to run instead of `python app.py` (the bench's gunicorn, for example;
         # `step` then names the log only), listening on HOST and PORT from its environment.
         self.command = command or [sys.executable, str(self.app)]

@@ -32,7 +32,7 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import RECONNECT_TIMEOUT, ROOT, XSS, StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, step_folder, wait_until
 from playwright.sync_api import expect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -46,7 +46,7 @@ STEP = "04_socketio_broadcast"
 @pytest.fixture(scope="module")
 def step():
     """The step's app.py imported as a module (its folder name is not a Python identifier)."""
-    spec = importlib.util.spec_from_file_location("step04_app", ROOT / "steps" / STEP / "app.py")
+    spec = importlib.util.spec_from_file_location("step04_app", step_folder(STEP) / "app.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # Flask finds templates/ through the module's file
     spec.loader.exec_module(module)

@@ -45,6 +45,7 @@ from harness import (
     free_port,
     no_reload,
     path_with_only,
+    step_folder,
     wait_until,
 )
 from playwright.sync_api import expect
@@ -151,7 +152,7 @@ def wait_until_subscribed(redis_server, servers, timeout=30):
 
 def announce(redis_url, *args):
     return subprocess.run(
-        [sys.executable, str(ROOT / "steps" / STEP / "announce.py"), *args],
+        [sys.executable, str(step_folder(STEP) / "announce.py"), *args],
         env={**os.environ, "REDIS_URL": redis_url},
         capture_output=True,
         text=True,

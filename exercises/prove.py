@@ -1,0 +1,103 @@
+"""`make test-exercises`: prove every exercise on fresh copies of its step.
+
+- A build exercise (`solution.patch`, `test_exercise.py`): its test fails on the untouched step
+  and passes once the solution is applied.
+- A break-it exercise (`break.patch`, `must_fail.txt`): the step's test named in `must_fail.txt`
+  passes on the untouched step and fails once the defence is removed.
+
+Each folder here whose name starts with the step's number is an exercise: adding one is adding a
+folder. Each check runs pytest in a subprocess on a copy of the step, which the environment
+points the harness at (`STEP_FOLDER_<step>`, see tests/harness.py). The untouched copy of a step
+is shared by the exercises a process proves; a patched copy belongs to one exercise.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EXERCISES = sorted(folder for folder in HERE.iterdir() if re.match(r"\d\d-\w+_", folder.name))
+# pytest's exit codes: 0 all passed, 1 some failed. Anything else (an error while collecting, a
+# usage error, no test found) proves nothing, so it fails the proof either way.
+PASSED, FAILED = 0, 1
+
+
+def step_of(exercise: Path) -> Path:
+    """The step folder an exercise belongs to: 03-1_per_address_limit belongs to steps/03_*."""
+    (step,) = (ROOT / "steps").glob(exercise.name[:2] + "_*")
+    return step
+
+
+def copy_step(step: Path, into: Path) -> Path:
+    """A copy of the step as a learner would have it: its vendor files, none of its state."""
+    return Path(
+        shutil.copytree(
+            step, into / step.name, ignore=shutil.ignore_patterns("__pycache__", "instance")
+        )
+    )
+
+
+def apply(patch: Path, folder: Path) -> None:
+    """Apply a patch inside the copy as a learner would (`patch -p1`); fail loudly if it does not
+    apply, and first check that it applies, so a half-applied patch never runs."""
+    for check in (["--dry-run"], []):
+        done = subprocess.run(
+            ["patch", "-p1", "--batch", "--forward", "--input", str(patch), *check],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, f"{patch.relative_to(ROOT)} does not apply:\n{done.stdout}"
+
+
+def run_tests(test: str, step: Path, folder: Path) -> subprocess.CompletedProcess:
+    """pytest on `test` (a file or a node id, from the repository's root), with the step's
+    servers started from `folder`."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-p", "no:cacheprovider", "-q", "-x"],
+        cwd=ROOT,
+        env={**os.environ, f"STEP_FOLDER_{step.name}": str(folder)},
+        capture_output=True,
+        text=True,
+    )
+
+
+def expect_outcome(done: subprocess.CompletedProcess, wanted: int, what: str) -> None:
+    assert done.returncode == wanted, (
+        f"{what}: pytest exited with {done.returncode}, not {wanted}\n{done.stdout[-3000:]}"
+    )
+
+
+@pytest.fixture(scope="session")
+def untouched(tmp_path_factory):
+    """The untouched copy of each step, made once per process and shared (nothing patches it)."""
+    copies = {}
+
+    def copy_of(step: Path) -> Path:
+        if step not in copies:
+            copies[step] = copy_step(step, tmp_path_factory.mktemp("untouched"))
+        return copies[step]
+
+    return copy_of
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=[folder.name for folder in EXERCISES])
+def test_exercise_is_proven(exercise, untouched, tmp_path):
+    step = step_of(exercise)
+    patched = copy_step(step, tmp_path)
+    if (exercise / "break.patch").exists():
+        test = (exercise / "must_fail.txt").read_text().strip()
+        expect_outcome(run_tests(test, step, untouched(step)), PASSED, f"{test} on the step")
+        apply(exercise / "break.patch", patched)
+        expect_outcome(run_tests(test, step, patched), FAILED, f"{test} with break.patch")
+    else:
+        test = str((exercise / "test_exercise.py").relative_to(ROOT))
+        expect_outcome(run_tests(test, step, untouched(step)), FAILED, f"{test} on the step")
+        apply(exercise / "solution.patch", patched)
+        expect_outcome(run_tests(test, step, patched), PASSED, f"{test} with solution.patch")
