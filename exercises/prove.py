@@ -66,7 +66,7 @@ def run_tests(test: str, step: Path, folder: Path) -> subprocess.CompletedProces
 
 
 def outcome(done: subprocess.CompletedProcess) -> str:
-    """"passed", "failed", or "broken": an error in a fixture (no browser, say), while collecting,
+    """ "passed", "failed", or "broken": an error in a fixture (no browser, say), while collecting,
     or no test found proves nothing, so it fails the proof whichever outcome was wanted."""
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode == 0:
