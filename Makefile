@@ -132,37 +132,37 @@ lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experimen
 
 # --- exercises: exercises/NN-k_slug/, each proven by a test (exercises/README.md) ---
 
-# E=03-1 names exercises/03-1_*/, which belongs to step 03; the learner's copy is work/03-1/.
+# E=03-3 names exercises/03-3_*/, which belongs to step 03; the learner's copy is work/03-3/.
 exercise_dir = $(firstword $(wildcard exercises/$(E)_*))
 exercise_step = $(call step_dir,$(firstword $(subst -, ,$(E))))
 exercise_copy = work/$(E)
 # A build exercise is checked by its own test; a break-it one by the step's test it names.
 exercise_test = $(if $(wildcard $(exercise_dir)/break.patch),$(shell cat $(exercise_dir)/must_fail.txt),\
 	$(exercise_dir)/test_exercise.py)
-need_exercise = test -n "$(E)" -a -n "$(exercise_dir)" || { echo "Usage: make $@ E=03-1 \
+need_exercise = test -n "$(E)" -a -n "$(exercise_dir)" || { echo "Usage: make $@ E=03-3 \
 	(one of: $(patsubst exercises/%,%,$(foreach d,$(wildcard exercises/[0-9][0-9]-*),\
 	$(firstword $(subst _, ,$(d))))))" >&2; exit 1; }
 
-exercise: $(VENV)/.runtime $(if $(E),vendor-$(firstword $(subst -, ,$(E)))) ## Copy exercise E's step into work/E to work in: make exercise E=03-1
+exercise: $(VENV)/.runtime $(if $(E),vendor-$(firstword $(subst -, ,$(E)))) ## Copy exercise E's step into work/E to work in: make exercise E=03-3
 	@$(need_exercise)
-	@test ! -e $(exercise_copy) || { echo "$(exercise_copy)/ is already there: work in it, or \
-		delete it to start again." >&2; exit 1; }
+	@test ! -e $(exercise_copy) || \
+		{ echo "$(exercise_copy)/ is already there: work in it, or delete it to start again." >&2; exit 1; }
 	@mkdir -p work && cp -R $(exercise_step) $(exercise_copy) && rm -rf $(exercise_copy)/instance
 	@if test -f $(exercise_dir)/break.patch; then \
 		patch -s -p1 -d $(exercise_copy) < $(exercise_dir)/break.patch && \
 		echo "$(exercise_copy)/ is $(exercise_step) with a defence removed: read $(exercise_dir)/README.md."; \
 	else echo "$(exercise_copy)/ is a copy of $(exercise_step): do $(exercise_dir)/README.md there."; fi
 	@echo "Serve it: HOST=$(HOST) PORT=$(PORT) $(PY) $(exercise_copy)/app.py"
-	@echo "Check it: make check E=$(E)   Peek at the answer: make solution E=$(E)"
+	@echo "Check it: make check E=$(E)   Peek: make solution E=$(E)"
 
-check: $(VENV)/.test ## Run exercise E's test on your copy in work/E: make check E=03-1
+check: $(VENV)/.test ## Run exercise E's test on your copy in work/E: make check E=03-3
 	@$(need_exercise)
 	@test -d $(exercise_copy) || { echo "No $(exercise_copy)/ yet: make exercise E=$(E)" >&2; exit 1; }
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" \
 		STEP_FOLDER_$(notdir $(exercise_step))=$(CURDIR)/$(exercise_copy) \
 		$(PY) -m pytest -p no:cacheprovider $(exercise_test)
 
-solution: ## Print exercise E's solution as a diff against its step: make solution E=03-1
+solution: ## Print exercise E's solution as a diff against its step: make solution E=03-3
 	@$(need_exercise)
 	@cat $(or $(wildcard $(exercise_dir)/solution.patch),$(exercise_dir)/break.patch)
 
