@@ -94,6 +94,8 @@ def untouched(tmp_path_factory):
     return copy_of
 
 
+# Two runs of pytest, each of whose tests may take up to its own timeout (pyproject.toml).
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("exercise", EXERCISES, ids=[folder.name for folder in EXERCISES])
 def test_exercise_is_proven(exercise, untouched, tmp_path):
     step = step_of(exercise)
