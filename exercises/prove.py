@@ -66,12 +66,13 @@ def run_tests(test: str, step: Path, folder: Path) -> subprocess.CompletedProces
 
 
 def outcome(done: subprocess.CompletedProcess) -> str:
-    """ "passed", "failed", or "broken": an error in a fixture (no browser, say), while collecting,
-    or no test found proves nothing, so it fails the proof whichever outcome was wanted."""
+    """Passed, failed, or broken: an error in a fixture (no browser, say) or while collecting, no
+    test found, or a test that hung until pytest-timeout stopped it proves nothing, so a broken
+    run fails the proof whichever outcome was wanted."""
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode == 0:
         return "passed"
-    if done.returncode == 1 and " error" not in summary:
+    if done.returncode == 1 and " error" not in summary and "Failed: Timeout" not in done.stdout:
         return "failed"
     return "broken"
 
