@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 import requests
 import socketio
@@ -28,10 +29,17 @@ from accounts import (
     sign_up_in_browser,
     unique,
 )
-from chat_clients import SocketIOByHand
+from chat_clients import (
+    QUEUE,
+    SocketIOByHand,
+    engine_io_url,
+    frames_to_fill_the_kernel_buffers,
+    tiny_buffer_socket,
+)
 from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as open_websocket
 
 STEP = "07_rooms_and_logins"
 OK = {"ok": True}
@@ -49,8 +57,9 @@ def start_server(folder, **env):
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
-    """The step with a fresh database and no rate limit, shared by the tests that stop nothing."""
-    with start_server(tmp_path_factory.mktemp("chat"), SEND_RATE=0) as server:
+    """The step with a fresh database and no rate limit, shared by the tests that stop nothing.
+    A connection that has not signed in is closed after 1 s."""
+    with start_server(tmp_path_factory.mktemp("chat"), SEND_RATE=0, SIGN_IN_TIME=1) as server:
         yield server
 
 
@@ -796,7 +805,9 @@ def test_socket_without_a_signed_in_session_is_refused_in_connect(chat):
     assert SocketIOByHand(chat).answer == REFUSED
 
 
-@pytest.mark.parametrize("auth", [{"last_id": "7"}, {"last_id": -1}, {"last_id": True}])
+@pytest.mark.parametrize(
+    "auth", [{"last_id": "7"}, {"last_id": -1}, {"last_id": True}, {"last_id": 2**63}]
+)
 def test_a_last_id_that_is_not_a_whole_number_is_refused(chat, auth):
     answer = SocketIOByHand(chat, sign_up(chat).cookie, auth).answer
     assert answer == '44{"message":"auth.last_id must be a whole number, 0 or more."}'
@@ -914,3 +925,78 @@ def test_twenty_joins_at_once_cost_a_few_presence_broadcasts_not_twenty(chat, co
     # Closing takes a while on a loaded machine, and a broadcast may go out every 0.2 s
     # meanwhile: still fewer than one per tab.
     assert len(left) < 10, left
+
+
+# --- fast tier: tried as an attacker would ---
+
+
+@pytest.mark.parametrize("event", ["disconnect", "connect"])
+def test_an_event_named_disconnect_or_connect_hides_no_socket(chat, connect, event):
+    owner, bob, carol = (sign_up(chat, unique(prefix)) for prefix in "abc")  # names in order
+    room = create_room(chat, owner, members=[bob, carol])
+    observer = connect(chat, owner, rooms=[room, "general"])
+    bob_socket = connect(chat, bob, rooms=[room, "general"])
+    bob_socket.emit(event, {"last_id": 0})  # 42["disconnect",...]: an event, the socket stays
+    assert bob_socket.connect() == '44"Unable to connect"'  # python-socketio's own answer
+    assert send_to(bob_socket, "general", "bob is here") == OK  # his events run in order
+    connect(chat, carol, rooms=[room])
+    presence_until(observer, room, [owner.name, bob.name, carol.name])
+    post_form(owner.http, chat, f"/rooms/{room}/members/{user_id(chat, bob)}/remove")
+    assert send_to(observer, room, "after bob left") == OK
+    assert send_to(observer, "general", "to everyone") == OK
+    assert "after bob left" not in texts_of(messages_until(bob_socket, "to everyone"))
+
+
+def test_connections_that_do_not_sign_in_are_closed_and_free_their_threads(tmp_path):
+    # A server of its own: the shared one still holds the threads of other tests' connections.
+    with start_server(tmp_path, SIGN_IN_TIME=1) as server:
+        threads = psutil.Process(server.process.pid).num_threads
+        before = threads()
+        refused = [SocketIOByHand(server) for _ in range(15)]  # no cookie: 44, "sign in again"
+        silent = [  # never even ask to connect
+            open_websocket(engine_io_url(server), close_timeout=0.1, legacy=True) for _ in range(15)
+        ]
+        assert {socket.answer for socket in refused} == {REFUSED}
+        opened = threads()
+        assert opened >= before + 60  # two a connection
+        sockets = [socket.ws for socket in refused] + silent
+        wait_until(lambda: all(socket.protocol.close_rcvd for socket in sockets), "all closed")
+        for socket in sockets:  # Werkzeug keeps a connection until its client drops it
+            socket.close()
+        # Measured: one thread a connection is freed (the other lingers in Werkzeug).
+        wait_until(lambda: threads() <= opened - 25, f"{opened} threads, still {threads()}")
+
+
+def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect):
+    sender, frozen = sign_up(chat, unique("a")), sign_up(chat, unique("b"))
+    room = create_room(chat, sender, members=[frozen])
+    sender_socket = connect(chat, sender, rooms=[room])
+    frozen_socket = open_websocket(
+        engine_io_url(chat),
+        sock=tiny_buffer_socket(chat),
+        additional_headers={"Cookie": frozen.cookie},
+        compression=None,  # deflated, 500 times the same character would be a few bytes
+        max_queue=1,  # websockets stops reading the socket at the first unread packet
+        close_timeout=0.1,
+        legacy=True,
+    )
+    try:
+        frozen_socket.send("40")
+        frozen_socket.send(f'42["join",{{"room":"{room}"}}]')
+        presence_until(sender_socket, room, [sender.name, frozen.name])
+        text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
+        most = frames_to_fill_the_kernel_buffers(6000) + QUEUE + 100
+        for sent in range(0, most, 20):
+            for n in range(20):
+                sender_socket.emit("send message", {"room": room, "text": f"{sent + n} {text}"})
+            people = [
+                data["names"]
+                for name, data in (sender_socket.event() for _ in range(20))
+                if name == "presence"
+            ]
+            if [sender.name] in people:
+                break
+        else:
+            pytest.fail(f"{most} messages later, the frozen member is still there")
+    finally:
+        frozen_socket.socket.close()

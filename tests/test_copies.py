@@ -63,7 +63,10 @@ HELPERS = {
     "on_join": ["07 08"],
     "may_enter": ["07 08"],
     "missed": ["07 08"],
-    "start_presence": ["07 08"],
+    "start_tasks": ["07 08"],
+    "sent_as_an_event": ["07 08"],
+    "look_after_connections": ["07 08"],
+    "drop_clients_behind": ["04", "05", "07 08"],
 }
 
 
