@@ -7,6 +7,7 @@ would) and by python-socketio's client.
 
 import re
 import sqlite3
+import stat
 import threading
 import time
 import urllib.error
@@ -36,6 +37,8 @@ from chat_clients import (
     frames_to_fill_the_kernel_buffers,
     tiny_buffer_socket,
 )
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.exceptions import InvalidStatus
@@ -1000,3 +1003,25 @@ def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect
             pytest.fail(f"{most} messages later, the frozen member is still there")
     finally:
         frozen_socket.socket.close()
+
+
+def test_the_key_and_the_database_are_for_the_server_user_alone(tmp_path):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    instance.chmod(0o755)  # as `mkdir -p` leaves it, before the server first starts
+    with start_server(tmp_path) as server:
+        sign_up(server)
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    for name in ("secret_key", "chat.sqlite"):
+        assert stat.S_IMODE((instance / name).stat().st_mode) == 0o600, name
+
+
+def test_a_token_read_from_the_database_signs_no_one_in(chat):
+    sign_up(chat)
+    stored = rows(chat, "SELECT token FROM logins")[-1][0]
+    # Even with the key: a session cookie made with what the database holds is refused.
+    app = Flask(__name__)
+    app.secret_key = (chat.database.parent / "secret_key").read_text()
+    signer = SecureCookieSessionInterface().get_signing_serializer(app)
+    cookie = f"session={signer.dumps({'_user_id': stored, '_fresh': True})}"
+    assert SocketIOByHand(chat, cookie).answer == REFUSED

@@ -5,6 +5,7 @@ session cookie holds that row's token: signing out deletes the row, so every cop
 stops working, and closes the sockets that login has open (chat.py).
 """
 
+import hashlib
 import secrets
 import sqlite3
 
@@ -19,22 +20,28 @@ blueprint = Blueprint("accounts", __name__)
 
 
 class User(UserMixin):
-    def __init__(self, user_id, name, login):
-        self.id, self.name, self.login = user_id, name, login
+    def __init__(self, user_id, name, token):
+        self.id, self.name, self.token = user_id, name, token
+        self.login = token_hash(token)  # the login's id: in the database, and for its sockets
 
     def get_id(self):
-        return self.login  # what Flask-Login keeps in the session cookie
+        return self.token  # what Flask-Login keeps in the session cookie
 
 
-def load_user(login):
+def token_hash(token):
+    # Only the hash is stored: whoever reads the database cannot sign in with what they read.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_user(token):
     """The user a session cookie's login belongs to; None once it signed out (app.py hands this
     to Flask-Login, which calls it on every request and socket handshake)."""
     found = db.query(
         "SELECT users.id, users.name FROM logins JOIN users ON users.id = logins.user_id"
         " WHERE logins.token = ?",
-        login,
+        token_hash(token),
     )
-    return User(found[0]["id"], found[0]["name"], login) if found else None
+    return User(found[0]["id"], found[0]["name"], token) if found else None
 
 
 @blueprint.route("/signup", methods=["GET", "POST"])
@@ -70,9 +77,9 @@ def login():
 def sign_in(user_id, name):
     # A login of its own for this browser: signing out deletes it, and with it every copy of
     # the session cookie stops working (a signed cookie alone cannot be taken back).
-    login = secrets.token_urlsafe(24)
-    db.change("INSERT INTO logins (token, user_id) VALUES (?, ?)", login, user_id)
-    login_user(User(user_id, name, login))
+    user = User(user_id, name, secrets.token_urlsafe(24))
+    db.change("INSERT INTO logins (token, user_id) VALUES (?, ?)", user.login, user_id)
+    login_user(user)
     return redirect(url_for("rooms.index"))
 
 

@@ -48,7 +48,11 @@ CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors '
 # `python app.py` would be instance/ in whatever directory it was started from.)
 instance = os.environ.get("INSTANCE_PATH") or os.path.join(os.path.dirname(__file__), "instance")
 app = Flask(__name__, instance_path=os.path.abspath(instance))
-os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+# The folder and what this process creates (the key, the database) are for this user alone: with
+# the key, anyone could sign a session cookie. chmod: mode= sets nothing on a folder that exists.
+os.umask(0o077)
+os.makedirs(app.instance_path, exist_ok=True)
+os.chmod(app.instance_path, 0o700)
 app.config.update(
     DATABASE=os.path.join(app.instance_path, "chat.sqlite"),
     SESSION_COOKIE_SECURE=True,  # sent over HTTPS only (HttpOnly is Flask's default)
