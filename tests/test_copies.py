@@ -64,7 +64,7 @@ HELPERS = {
     "may_enter": ["07 08"],
     "missed": ["07 08"],
     "start_tasks": ["07 08"],
-    "sent_as_an_event": ["07 08"],
+    "sent_as_an_event": ["04 05", "07 08"],
     "look_after_connections": ["07 08"],
     "drop_clients_behind": ["04", "05", "07 08"],
 }
