@@ -61,8 +61,11 @@ def start_server(folder, **env):
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
     """The step with a fresh database and no rate limit, shared by the tests that stop nothing.
-    A connection that has not signed in is closed after 1 s."""
-    with start_server(tmp_path_factory.mktemp("chat"), SEND_RATE=0, SIGN_IN_TIME=1) as server:
+    A connection that has not signed in is closed after 1 s; sign-ins are not limited."""
+    folder = tmp_path_factory.mktemp("chat")
+    with start_server(
+        folder, SEND_RATE=0, SIGN_IN_TIME=1, ACCOUNT_ATTEMPTS="1000/minute"
+    ) as server:
         yield server
 
 
@@ -70,6 +73,13 @@ def chat(tmp_path_factory):
 def limited(tmp_path_factory):
     """The step with a rate limit: 10 messages at once, then 1 a second (per user)."""
     with start_server(tmp_path_factory.mktemp("limited"), SEND_BURST=10, SEND_RATE=1) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """The step with its default limit on refused sign-ins and sign-ups: 10 a minute."""
+    with start_server(tmp_path_factory.mktemp("guarded")) as server:
         yield server
 
 
@@ -101,6 +111,25 @@ def connect():
 
 
 # --- helpers: the database, sockets, pages ---
+
+
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Connections from another loopback address (Linux routes all of 127/8 to `lo`)."""
+
+    def __init__(self, address):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
+
+
+def attempt(server, address, path, username, password):
+    """One sign-in or sign-up from `address`: the answer's status code."""
+    http = requests.Session()
+    http.mount("http://", FromAddress(address))
+    fields = {"username": username, "password": password}
+    return post_form(http, server, path, form_page=path, **fields).status_code
 
 
 def rows(server, sql, *args):
@@ -1025,3 +1054,44 @@ def test_a_token_read_from_the_database_signs_no_one_in(chat):
     signer = SecureCookieSessionInterface().get_signing_serializer(app)
     cookie = f"session={signer.dumps({'_user_id': stored, '_fresh': True})}"
     assert SocketIOByHand(chat, cookie).answer == REFUSED
+
+
+@pytest.mark.parametrize("path", ["/login", "/signup"])
+def test_refused_attempts_from_one_address_are_answered_429_after_ten(guarded, path):
+    address = "127.0.0.2" if path == "/login" else "127.0.0.3"
+    statuses = [attempt(guarded, address, path, unique("who"), "12345678") for _ in range(11)]
+    assert statuses == [400] * 10 + [429]
+    # Another address is not concerned.
+    assert attempt(guarded, "127.0.0.4", path, unique("who"), "12345678") == 400
+
+
+def test_wrong_passwords_for_one_username_are_answered_429_after_ten_from_any_address(guarded):
+    victim = sign_up(guarded)
+    statuses = [
+        attempt(guarded, f"127.0.1.{n}", "/login", victim.name.upper(), f"guess {n}")
+        for n in range(11)
+    ]
+    assert statuses == [400] * 10 + [429]
+
+
+def test_an_unknown_username_takes_as_long_to_refuse_as_a_known_one(chat, taken):
+    def seconds_to_refuse(name):
+        started = time.monotonic()
+        status = post_form(requests.Session(), chat, "/login", username=name, password="guess")
+        assert status.status_code == 400
+        return time.monotonic() - started
+
+    known = min(seconds_to_refuse(taken.name) for _ in range(3))
+    unknown = min(seconds_to_refuse(unique("nobody")) for _ in range(3))
+    assert unknown > known / 2, f"known {known * 1000:.0f} ms, unknown {unknown * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("password", ["password", "12345678", "Qwertyuiop", "SAME-AS-NAME"])
+def test_a_password_easy_to_guess_is_refused_on_the_sign_up_form(chat, password):
+    name = unique("easy")
+    password = name if password == "SAME-AS-NAME" else password
+    http = requests.Session()
+    answer = post_form(http, chat, "/signup", "/signup", username=name, password=password)
+    assert answer.status_code == 400
+    assert "That password is too easy to guess: choose another." in answer.text
+    assert not rows(chat, "SELECT 1 FROM users WHERE name = ?", name)

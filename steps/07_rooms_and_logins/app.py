@@ -40,6 +40,7 @@ app.config.update(
     DATABASE=os.path.join(app.instance_path, "chat.sqlite"),
     SESSION_COOKIE_SAMESITE="Lax",
     WTF_CSRF_TIME_LIMIT=None,  # a chat page stays open for days: its Sign out must still work
+    RATELIMIT_STORAGE_URI="memory://",  # Flask-Limiter counts in this process (accounts.py)
 )
 
 
@@ -64,6 +65,7 @@ app.secret_key = session_key()
 
 # Every POST needs its form's csrf_token (Socket.IO's requests are answered before Flask's).
 CSRFProtect(app)
+accounts.limiter.init_app(app)
 login_manager = LoginManager(app)
 login_manager.user_loader(accounts.load_user)
 login_manager.login_view = "accounts.login"

@@ -58,6 +58,10 @@ app.config.update(
     SESSION_COOKIE_SECURE=True,  # sent over HTTPS only (HttpOnly is Flask's default)
     SESSION_COOKIE_SAMESITE="Lax",
     WTF_CSRF_TIME_LIMIT=None,  # a chat page stays open for days: its Sign out must still work
+    # Flask-Limiter counts in Redis, so that both servers share the counts (accounts.py); when
+    # Redis does not answer, each counts in its own memory.
+    RATELIMIT_STORAGE_URI=REDIS_URL,
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
 )
 
 
@@ -82,6 +86,7 @@ app.secret_key = session_key()
 
 # Every POST needs its form's csrf_token (Socket.IO's requests are answered before Flask's).
 CSRFProtect(app)
+accounts.limiter.init_app(app)
 login_manager = LoginManager(app)
 login_manager.user_loader(accounts.load_user)
 login_manager.login_view = "accounts.login"
