@@ -61,11 +61,11 @@ def start_server(folder, **env):
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
     """The step with a fresh database and no rate limit, shared by the tests that stop nothing.
-    A connection that has not signed in is closed after 1 s; sign-ins are not limited."""
+    A connection that has not signed in is closed after 1 s; sign-ins are not limited; a room
+    has at most 5 members."""
     folder = tmp_path_factory.mktemp("chat")
-    with start_server(
-        folder, SEND_RATE=0, SIGN_IN_TIME=1, ACCOUNT_ATTEMPTS="1000/minute"
-    ) as server:
+    settings = {"SIGN_IN_TIME": 1, "ACCOUNT_ATTEMPTS": "1000/minute", "MAX_MEMBERS": 5}
+    with start_server(folder, SEND_RATE=0, **settings) as server:
         yield server
 
 
@@ -342,6 +342,23 @@ def test_removed_member_stops_seeing_the_private_room_at_once(two_users, chat):
         bob.get_by_label("Message", exact=True).fill("am I still here?")
         bob.get_by_role("button", name="Send").click()
         expect(bob.get_by_role("alert")).to_have_text(NO_SUCH_ROOM["error"])
+
+
+@pytest.mark.e2e
+def test_a_member_leaves_a_private_room_with_its_leave_button(two_users, chat):
+    alice, bob = two_users
+    sign_up_in_browser(alice, chat, unique("alice"))
+    bob_name = sign_up_in_browser(bob, chat, unique("bob"))
+    room = create_room_in(alice, members=[bob_name])
+    alice.get_by_role("link", name="Members").click()
+    expect(alice.get_by_role("button", name="Leave")).to_have_count(0)  # the owner stays
+    bob.goto(f"{chat.url}/?room={room}")
+    bob.get_by_role("link", name="Members").click()
+    bob.get_by_role("button", name="Leave").click()
+    expect(bob.locator("#status")).to_have_text("connected")
+    rooms = bob.get_by_role("navigation", name="Rooms")
+    expect(rooms.get_by_role("link", name="general", exact=True)).to_be_visible()
+    expect(rooms.get_by_role("link", name=room, exact=True)).to_have_count(0)
 
 
 @pytest.mark.e2e
@@ -1095,3 +1112,37 @@ def test_a_password_easy_to_guess_is_refused_on_the_sign_up_form(chat, password)
     assert answer.status_code == 400
     assert "That password is too easy to guess: choose another." in answer.text
     assert not rows(chat, "SELECT 1 FROM users WHERE name = ?", name)
+
+
+def test_a_member_who_leaves_is_taken_out_of_the_room_in_every_tab_at_once(chat, connect):
+    alice, bob = sign_up(chat), sign_up(chat)
+    room = create_room(chat, alice, members=[bob])
+    alice_socket = connect(chat, alice, rooms=[room, "general"])
+    bob_tabs = [connect(chat, bob, rooms=[room, "general"]) for _ in range(2)]
+    members_page = f"/rooms/{room}/members"
+    assert post_form(bob.http, chat, f"/rooms/{room}/leave", members_page).url == f"{chat.url}/"
+    assert send_to(alice_socket, room, "after bob left") == OK
+    assert send_to(alice_socket, "general", "to everyone") == OK
+    for tab in bob_tabs:
+        assert texts_of(messages_until(tab, "to everyone")) == ["to everyone"]
+    assert bob.http.get(f"{chat.url}{members_page}").status_code == 404
+    owner_leaves = post_form(alice.http, chat, f"/rooms/{room}/leave", members_page)
+    assert owner_leaves.status_code == 400
+    assert "The owner stays in the room." in owner_leaves.text
+
+
+def test_an_owner_has_at_most_20_rooms_and_a_room_at_most_5_members_here(chat):
+    owner = sign_up(chat)
+    rooms = [create_room(chat, owner) for _ in range(20)]
+    one_more = post_form(owner.http, chat, "/rooms", "/", name=unique("more"))
+    assert one_more.status_code == 400
+    assert "You own 20 rooms: that is the most." in one_more.text
+    for _ in range(4):  # the owner is the first member
+        added = post_form(
+            owner.http, chat, f"/rooms/{rooms[0]}/members", username=sign_up(chat).name
+        )
+        assert added.status_code == 200
+    sixth = sign_up(chat).name
+    refused = post_form(owner.http, chat, f"/rooms/{rooms[0]}/members", username=sixth)
+    assert refused.status_code == 400
+    assert "A room has at most 5 members." in refused.text
