@@ -19,6 +19,7 @@ import requests
 import socketio
 from accounts import (
     PASSWORD,
+    FromAddress,
     csrf_token,
     post_form,
     send_message,
@@ -111,17 +112,6 @@ def connect():
 
 
 # --- helpers: the database, sockets, pages ---
-
-
-class FromAddress(requests.adapters.HTTPAdapter):
-    """Connections from another loopback address (Linux routes all of 127/8 to `lo`)."""
-
-    def __init__(self, address):
-        self.address = address
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
 
 
 def attempt(server, address, path, username, password):
@@ -1146,3 +1136,9 @@ def test_an_owner_has_at_most_20_rooms_and_a_room_at_most_5_members_here(chat):
     refused = post_form(owner.http, chat, f"/rooms/{rooms[0]}/members", username=sixth)
     assert refused.status_code == 400
     assert "A room has at most 5 members." in refused.text
+
+
+def test_every_page_forbids_framing_inline_script_and_posting_forms_elsewhere(chat):
+    policy = requests.get(f"{chat.url}/login").headers["Content-Security-Policy"]
+    for rule in ("default-src 'self'", "frame-ancestors 'none'", "form-action 'self'"):
+        assert rule in policy

@@ -36,6 +36,13 @@ app = Flask(__name__, instance_path=os.path.abspath(instance))
 os.umask(0o077)
 os.makedirs(app.instance_path, exist_ok=True)
 os.chmod(app.instance_path, 0o700)
+# What a page may load: everything from this origin and nothing from anywhere else; no inline
+# script, no plugins, no framing by other sites (a framed page can be clicked through a decoy),
+# forms that post to this origin only.
+CSP = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none';"
+    " form-action 'self'"
+)
 app.config.update(
     DATABASE=os.path.join(app.instance_path, "chat.sqlite"),
     SESSION_COOKIE_SAMESITE="Lax",
@@ -80,6 +87,13 @@ socketio.init_app(
     async_handlers=False,
     max_http_buffer_size=64 * 1024,
 )
+
+
+@app.after_request
+def add_security_headers(response):
+    response.headers["Content-Security-Policy"] = CSP
+    return response
+
 
 app.register_blueprint(accounts.blueprint)
 app.register_blueprint(rooms.blueprint)

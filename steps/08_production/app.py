@@ -41,7 +41,11 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "25"))
 # What a page may load: everything from this origin and nothing from anywhere else; no inline
 # script (no <script> without src, no onclick, no hx-on), no plugins, no framing by other sites.
-CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+# Forms post to this origin only (form-action is not covered by default-src).
+CSP = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none';"
+    " form-action 'self'"
+)
 
 # The database and the key that signs session cookies live in an instance folder created on
 # first run: this step's instance/, or INSTANCE_PATH. (Flask's default for a script run as
