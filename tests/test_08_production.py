@@ -551,7 +551,7 @@ def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_agai
                 user_name(page)
             )
         jobs = alice.context.request
-        assert jobs.get(f"{own_stack.url}/jobs/0badcafe/events").status == 503
+        assert jobs.get(f"{own_stack.url}/jobs/{'0badcafe' * 4}/events").status == 503
         token = alice.locator("input[name=csrf_token]").first.get_attribute("value")
         headers = {"Referer": f"{own_stack.url}/jobs"}
         answer = jobs.post(f"{own_stack.url}/jobs", form={"csrf_token": token}, headers=headers)
