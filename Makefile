@@ -80,10 +80,10 @@ step 08 does not use: sudo systemctl disable --now nginx stops it.
 endef
 export NEED_08
 
-step-08: $(VENV)/.runtime vendor-08 tools-08 $(call step_dir,08)/instance/localhost.pem ## Serve step 08: nginx (HTTPS, HTTP/2) before two app servers
+step-08: $(VENV)/.runtime vendor-08 tools-08 $(addprefix $(call step_dir,08)/instance/,localhost.pem redis_password) ## Serve step 08: nginx (HTTPS, HTTP/2) before two app servers
 	@cd $(call step_dir,08) && set -- $$($(free_ports) app1 app2 redis) && \
 	if $(redis_answers); then redis_url=$(REDIS_URL) processes="app1 app2 nginx"; \
-	else redis_url=redis://127.0.0.1:$$3/0 processes=; \
+	else redis_url=redis://:$$(cat instance/redis_password)@127.0.0.1:$$3/0 processes=; \
 		echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; fi && \
 	echo "Step 08: open https://localhost:$(HTTPS_PORT)/ (accept the self-signed certificate once)." && \
 	echo "Ctrl-C stops everything." && \
@@ -95,6 +95,12 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 	command -v redis-server >/dev/null || $(redis_answers) || missing="$$missing redis-server"; \
 	test -z "$$missing" || { echo "Step 08 runs real servers, and this machine lacks:$$missing" >&2; \
 		echo "$$NEED_08" >&2; exit 1; }
+
+# The password of step 08's private Redis, made once, readable by you alone: without one, anyone
+# on the machine could read and inject the chat's traffic (the Procfile hands it to redis-server).
+%/redis_password:
+	@mkdir -p $(@D)
+	umask 077 && openssl rand -hex 24 > $@
 
 # A self-signed certificate for localhost, made once (openssl) in the folder the target names.
 %/localhost.pem:

@@ -41,6 +41,17 @@ class Person:
         return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
 
 
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Connections from another loopback address (Linux routes all of 127/8 to `lo`)."""
+
+    def __init__(self, address):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
+
+
 def session(server):
     http = requests.Session()
     http.trust_env = False  # the servers are local: no proxy, and no CA bundle from the environment

@@ -31,7 +31,12 @@ class Stack:
         self.ports = {"redis": free_port(), "app1": free_port(), "app2": free_port()}
         self.ports["nginx"] = self.https_port
         self.url = f"https://localhost:{self.https_port}"
-        self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
+        # Redis' password, made by make's own rule, as `make step-08` does.
+        password = self.instance / "redis_password"
+        subprocess.run(["make", "-s", str(password)], cwd=ROOT, check=True, timeout=60)
+        self.redis_url = (
+            f"redis://:{password.read_text().strip()}@127.0.0.1:{self.ports['redis']}/0"
+        )
         self.database = self.instance / "chat.sqlite"
         self.certificate = self.instance / "localhost.pem"  # self-signed, for localhost
         self.env = {

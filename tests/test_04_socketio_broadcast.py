@@ -182,6 +182,18 @@ def by_hand(chat_server):
         client.close()
 
 
+def test_an_event_named_connect_brings_no_fresh_rate_limit(by_hand):
+    alice = by_hand()
+    started = time.monotonic()
+    for burst in range(2):
+        for n in range(SEND_BURST):
+            alice.say(f"{burst} {n}", ack=True)
+        alice.emit("connect", {})  # 42["connect",{}]: an event; the socket stays connected
+    answers = list(alice.answers(2 * SEND_BURST).values())
+    elapsed = time.monotonic() - started
+    assert answers.count({"ok": True}) <= SEND_BURST + elapsed * SEND_RATE + 1
+
+
 def test_socket_opened_from_another_site_is_refused_with_400(chat_server):
     with pytest.raises(InvalidStatus) as refused:
         connect(engine_io_url(chat_server), origin="http://evil.example")

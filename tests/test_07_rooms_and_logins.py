@@ -7,16 +7,19 @@ would) and by python-socketio's client.
 
 import re
 import sqlite3
+import stat
 import threading
 import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 import requests
 import socketio
 from accounts import (
     PASSWORD,
+    FromAddress,
     csrf_token,
     post_form,
     send_message,
@@ -28,10 +31,19 @@ from accounts import (
     sign_up_in_browser,
     unique,
 )
-from chat_clients import SocketIOByHand
+from chat_clients import (
+    QUEUE,
+    SocketIOByHand,
+    engine_io_url,
+    frames_to_fill_the_kernel_buffers,
+    tiny_buffer_socket,
+)
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as open_websocket
 
 STEP = "07_rooms_and_logins"
 OK = {"ok": True}
@@ -49,8 +61,12 @@ def start_server(folder, **env):
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
-    """The step with a fresh database and no rate limit, shared by the tests that stop nothing."""
-    with start_server(tmp_path_factory.mktemp("chat"), SEND_RATE=0) as server:
+    """The step with a fresh database and no rate limit, shared by the tests that stop nothing.
+    A connection that has not signed in is closed after 1 s; sign-ins are not limited; a room
+    has at most 5 members."""
+    folder = tmp_path_factory.mktemp("chat")
+    settings = {"SIGN_IN_TIME": 1, "ACCOUNT_ATTEMPTS": "1000/minute", "MAX_MEMBERS": 5}
+    with start_server(folder, SEND_RATE=0, **settings) as server:
         yield server
 
 
@@ -58,6 +74,13 @@ def chat(tmp_path_factory):
 def limited(tmp_path_factory):
     """The step with a rate limit: 10 messages at once, then 1 a second (per user)."""
     with start_server(tmp_path_factory.mktemp("limited"), SEND_BURST=10, SEND_RATE=1) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """The step with its default limit on refused sign-ins and sign-ups: 10 a minute."""
+    with start_server(tmp_path_factory.mktemp("guarded")) as server:
         yield server
 
 
@@ -89,6 +112,14 @@ def connect():
 
 
 # --- helpers: the database, sockets, pages ---
+
+
+def attempt(server, address, path, username, password):
+    """One sign-in or sign-up from `address`: the answer's status code."""
+    http = requests.Session()
+    http.mount("http://", FromAddress(address))
+    fields = {"username": username, "password": password}
+    return post_form(http, server, path, form_page=path, **fields).status_code
 
 
 def rows(server, sql, *args):
@@ -301,6 +332,23 @@ def test_removed_member_stops_seeing_the_private_room_at_once(two_users, chat):
         bob.get_by_label("Message", exact=True).fill("am I still here?")
         bob.get_by_role("button", name="Send").click()
         expect(bob.get_by_role("alert")).to_have_text(NO_SUCH_ROOM["error"])
+
+
+@pytest.mark.e2e
+def test_a_member_leaves_a_private_room_with_its_leave_button(two_users, chat):
+    alice, bob = two_users
+    sign_up_in_browser(alice, chat, unique("alice"))
+    bob_name = sign_up_in_browser(bob, chat, unique("bob"))
+    room = create_room_in(alice, members=[bob_name])
+    alice.get_by_role("link", name="Members").click()
+    expect(alice.get_by_role("button", name="Leave")).to_have_count(0)  # the owner stays
+    bob.goto(f"{chat.url}/?room={room}")
+    bob.get_by_role("link", name="Members").click()
+    bob.get_by_role("button", name="Leave").click()
+    expect(bob.locator("#status")).to_have_text("connected")
+    rooms = bob.get_by_role("navigation", name="Rooms")
+    expect(rooms.get_by_role("link", name="general", exact=True)).to_be_visible()
+    expect(rooms.get_by_role("link", name=room, exact=True)).to_have_count(0)
 
 
 @pytest.mark.e2e
@@ -796,7 +844,9 @@ def test_socket_without_a_signed_in_session_is_refused_in_connect(chat):
     assert SocketIOByHand(chat).answer == REFUSED
 
 
-@pytest.mark.parametrize("auth", [{"last_id": "7"}, {"last_id": -1}, {"last_id": True}])
+@pytest.mark.parametrize(
+    "auth", [{"last_id": "7"}, {"last_id": -1}, {"last_id": True}, {"last_id": 2**63}]
+)
 def test_a_last_id_that_is_not_a_whole_number_is_refused(chat, auth):
     answer = SocketIOByHand(chat, sign_up(chat).cookie, auth).answer
     assert answer == '44{"message":"auth.last_id must be a whole number, 0 or more."}'
@@ -914,3 +964,181 @@ def test_twenty_joins_at_once_cost_a_few_presence_broadcasts_not_twenty(chat, co
     # Closing takes a while on a loaded machine, and a broadcast may go out every 0.2 s
     # meanwhile: still fewer than one per tab.
     assert len(left) < 10, left
+
+
+# --- fast tier: tried as an attacker would ---
+
+
+@pytest.mark.parametrize("event", ["disconnect", "connect"])
+def test_an_event_named_disconnect_or_connect_hides_no_socket(chat, connect, event):
+    owner, bob, carol = (sign_up(chat, unique(prefix)) for prefix in "abc")  # names in order
+    room = create_room(chat, owner, members=[bob, carol])
+    observer = connect(chat, owner, rooms=[room, "general"])
+    bob_socket = connect(chat, bob, rooms=[room, "general"])
+    bob_socket.emit(event, {"last_id": 0})  # 42["disconnect",...]: an event, the socket stays
+    assert bob_socket.connect() == '44"Unable to connect"'  # python-socketio's own answer
+    assert send_to(bob_socket, "general", "bob is here") == OK  # his events run in order
+    connect(chat, carol, rooms=[room])
+    presence_until(observer, room, [owner.name, bob.name, carol.name])
+    post_form(owner.http, chat, f"/rooms/{room}/members/{user_id(chat, bob)}/remove")
+    assert send_to(observer, room, "after bob left") == OK
+    assert send_to(observer, "general", "to everyone") == OK
+    assert "after bob left" not in texts_of(messages_until(bob_socket, "to everyone"))
+
+
+def test_connections_that_do_not_sign_in_are_closed_and_free_their_threads(tmp_path):
+    # A server of its own: the shared one still holds the threads of other tests' connections.
+    with start_server(tmp_path, SIGN_IN_TIME=1) as server:
+        threads = psutil.Process(server.process.pid).num_threads
+        before = threads()
+        refused = [SocketIOByHand(server) for _ in range(15)]  # no cookie: 44, "sign in again"
+        silent = [  # never even ask to connect
+            open_websocket(engine_io_url(server), close_timeout=0.1, legacy=True) for _ in range(15)
+        ]
+        assert {socket.answer for socket in refused} == {REFUSED}
+        opened = threads()
+        assert opened >= before + 60  # two a connection
+        sockets = [socket.ws for socket in refused] + silent
+        wait_until(lambda: all(socket.protocol.close_rcvd for socket in sockets), "all closed")
+        for socket in sockets:  # Werkzeug keeps a connection until its client drops it
+            socket.close()
+        # Measured: one thread a connection is freed (the other lingers in Werkzeug).
+        wait_until(lambda: threads() <= opened - 25, f"{opened} threads, still {threads()}")
+
+
+def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect):
+    sender, frozen = sign_up(chat, unique("a")), sign_up(chat, unique("b"))
+    room = create_room(chat, sender, members=[frozen])
+    sender_socket = connect(chat, sender, rooms=[room])
+    frozen_socket = open_websocket(
+        engine_io_url(chat),
+        sock=tiny_buffer_socket(chat),
+        additional_headers={"Cookie": frozen.cookie},
+        compression=None,  # deflated, 500 times the same character would be a few bytes
+        max_queue=1,  # websockets stops reading the socket at the first unread packet
+        close_timeout=0.1,
+        legacy=True,
+    )
+    try:
+        frozen_socket.send("40")
+        frozen_socket.send(f'42["join",{{"room":"{room}"}}]')
+        presence_until(sender_socket, room, [sender.name, frozen.name])
+        text = "\U0001f600" * 490  # JSON escapes each as two \uXXXX: 6 kB a packet
+        most = frames_to_fill_the_kernel_buffers(6000) + QUEUE + 100
+        for sent in range(0, most, 20):
+            for n in range(20):
+                sender_socket.emit("send message", {"room": room, "text": f"{sent + n} {text}"})
+            people = [
+                data["names"]
+                for name, data in (sender_socket.event() for _ in range(20))
+                if name == "presence"
+            ]
+            if [sender.name] in people:
+                break
+        else:
+            pytest.fail(f"{most} messages later, the frozen member is still there")
+    finally:
+        frozen_socket.socket.close()
+
+
+def test_the_key_and_the_database_are_for_the_server_user_alone(tmp_path):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    instance.chmod(0o755)  # as `mkdir -p` leaves it, before the server first starts
+    with start_server(tmp_path) as server:
+        sign_up(server)
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    for name in ("secret_key", "chat.sqlite"):
+        assert stat.S_IMODE((instance / name).stat().st_mode) == 0o600, name
+
+
+def test_a_token_read_from_the_database_signs_no_one_in(chat):
+    sign_up(chat)
+    stored = rows(chat, "SELECT token FROM logins")[-1][0]
+    # Even with the key: a session cookie made with what the database holds is refused.
+    app = Flask(__name__)
+    app.secret_key = (chat.database.parent / "secret_key").read_text()
+    signer = SecureCookieSessionInterface().get_signing_serializer(app)
+    cookie = f"session={signer.dumps({'_user_id': stored, '_fresh': True})}"
+    assert SocketIOByHand(chat, cookie).answer == REFUSED
+
+
+@pytest.mark.parametrize("path", ["/login", "/signup"])
+def test_refused_attempts_from_one_address_are_answered_429_after_ten(guarded, path):
+    address = "127.0.0.2" if path == "/login" else "127.0.0.3"
+    statuses = [attempt(guarded, address, path, unique("who"), "12345678") for _ in range(11)]
+    assert statuses == [400] * 10 + [429]
+    # Another address is not concerned.
+    assert attempt(guarded, "127.0.0.4", path, unique("who"), "12345678") == 400
+
+
+def test_wrong_passwords_for_one_username_are_answered_429_after_ten_from_any_address(guarded):
+    victim = sign_up(guarded)
+    statuses = [
+        attempt(guarded, f"127.0.1.{n}", "/login", victim.name.upper(), f"guess {n}")
+        for n in range(11)
+    ]
+    assert statuses == [400] * 10 + [429]
+
+
+def test_an_unknown_username_takes_as_long_to_refuse_as_a_known_one(chat, taken):
+    def seconds_to_refuse(name):
+        started = time.monotonic()
+        status = post_form(requests.Session(), chat, "/login", username=name, password="guess")
+        assert status.status_code == 400
+        return time.monotonic() - started
+
+    known = min(seconds_to_refuse(taken.name) for _ in range(3))
+    unknown = min(seconds_to_refuse(unique("nobody")) for _ in range(3))
+    assert unknown > known / 2, f"known {known * 1000:.0f} ms, unknown {unknown * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("password", ["password", "12345678", "Qwertyuiop", "SAME-AS-NAME"])
+def test_a_password_easy_to_guess_is_refused_on_the_sign_up_form(chat, password):
+    name = unique("easy")
+    password = name if password == "SAME-AS-NAME" else password
+    http = requests.Session()
+    answer = post_form(http, chat, "/signup", "/signup", username=name, password=password)
+    assert answer.status_code == 400
+    assert "That password is too easy to guess: choose another." in answer.text
+    assert not rows(chat, "SELECT 1 FROM users WHERE name = ?", name)
+
+
+def test_a_member_who_leaves_is_taken_out_of_the_room_in_every_tab_at_once(chat, connect):
+    alice, bob = sign_up(chat), sign_up(chat)
+    room = create_room(chat, alice, members=[bob])
+    alice_socket = connect(chat, alice, rooms=[room, "general"])
+    bob_tabs = [connect(chat, bob, rooms=[room, "general"]) for _ in range(2)]
+    members_page = f"/rooms/{room}/members"
+    assert post_form(bob.http, chat, f"/rooms/{room}/leave", members_page).url == f"{chat.url}/"
+    assert send_to(alice_socket, room, "after bob left") == OK
+    assert send_to(alice_socket, "general", "to everyone") == OK
+    for tab in bob_tabs:
+        assert texts_of(messages_until(tab, "to everyone")) == ["to everyone"]
+    assert bob.http.get(f"{chat.url}{members_page}").status_code == 404
+    owner_leaves = post_form(alice.http, chat, f"/rooms/{room}/leave", members_page)
+    assert owner_leaves.status_code == 400
+    assert "The owner stays in the room." in owner_leaves.text
+
+
+def test_an_owner_has_at_most_20_rooms_and_a_room_at_most_5_members_here(chat):
+    owner = sign_up(chat)
+    rooms = [create_room(chat, owner) for _ in range(20)]
+    one_more = post_form(owner.http, chat, "/rooms", "/", name=unique("more"))
+    assert one_more.status_code == 400
+    assert "You own 20 rooms: that is the most." in one_more.text
+    for _ in range(4):  # the owner is the first member
+        added = post_form(
+            owner.http, chat, f"/rooms/{rooms[0]}/members", username=sign_up(chat).name
+        )
+        assert added.status_code == 200
+    sixth = sign_up(chat).name
+    refused = post_form(owner.http, chat, f"/rooms/{rooms[0]}/members", username=sixth)
+    assert refused.status_code == 400
+    assert "A room has at most 5 members." in refused.text
+
+
+def test_every_page_forbids_framing_inline_script_and_posting_forms_elsewhere(chat):
+    policy = requests.get(f"{chat.url}/login").headers["Content-Security-Policy"]
+    for rule in ("default-src 'self'", "frame-ancestors 'none'", "form-action 'self'"):
+        assert rule in policy

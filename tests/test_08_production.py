@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -21,10 +22,21 @@ from urllib.parse import urlencode, urlsplit
 
 import psutil
 import pytest
-from accounts import post_form, send_message, sign_up, sign_up_in_browser, unique
+import redis
+from accounts import (
+    FromAddress,
+    post_form,
+    send_message,
+    session,
+    sign_up,
+    sign_up_in_browser,
+    unique,
+)
 from harness import RECONNECT_TIMEOUT, ROOT, free_port, no_reload, path_with_only, wait_until
 from playwright.sync_api import expect
 from stack_08 import Stack
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 # The shared stack: a short nginx timeout (so the idle test is quick), pings and heartbeats
 # well inside it, and jobs that run longer than any test.
@@ -36,6 +48,8 @@ SHARED = {
     "JOB_STEP_SECONDS": 0.2,
     "MAX_JOBS": 50,
     "SEND_RATE": 0,
+    "CONNECTIONS_PER_ADDRESS": 40,  # ten pages of one browser need about 30
+    "SIGN_INS_PER_MINUTE": 600,  # 10 a second, after a burst of 10
 }
 IDLE_SECONDS = 6  # three times the shared stack's proxy_read_timeout
 LOST = "This job was lost: the server running it stopped before it finished. Start a new one."
@@ -160,6 +174,67 @@ def test_plain_http_redirects_to_https_on_the_same_path(stack):
     assert response.headers["Location"] == f"{stack.url}/jobs?x=1"
 
 
+def test_redis_answers_no_one_without_the_password(stack):
+    intruder = redis.Redis(port=stack.ports["redis"], socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        intruder.pubsub().subscribe("flask-socketio")  # where every chat message passes
+    assert stack.redis().ping()  # with the password from the instance folder
+
+
+def test_nginx_hides_its_version_and_says_nosniff_and_same_origin_on_every_answer(stack):
+    for path in ("/login", "/no-such-page"):
+        response = session(stack).get(f"{stack.url}{path}")
+        assert response.headers["Server"] == "nginx"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert "form-action 'self'" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.e2e
+def test_presence_reads_the_other_servers_people_without_scanning_redis(page, stack):
+    def calls(command):
+        return stack.redis().info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+    signed_up(page, stack)  # in two rooms: presence reads both, five times a second
+    scans, unions = calls("scan"), calls("sunion")
+    wait_until(lambda: calls("sunion") >= unions + 20, "presence was read 20 times")
+    assert calls("scan") == scans
+
+
+def websocket_from(stack, address):
+    """An Engine.IO WebSocket through nginx, from `address` (all of 127/8 is loopback)."""
+    sock = socket.create_connection(("127.0.0.1", stack.https_port), source_address=(address, 0))
+    return connect(
+        f"wss://localhost:{stack.https_port}/socket.io/?EIO=4&transport=websocket",
+        sock=sock,
+        ssl=ssl.create_default_context(cafile=stack.certificate),
+        server_hostname="localhost",
+        close_timeout=0.1,
+        legacy=True,
+    )
+
+
+def test_one_address_gets_at_most_connections_per_address_sockets(stack):
+    sockets = [websocket_from(stack, "127.0.0.7") for _ in range(SHARED["CONNECTIONS_PER_ADDRESS"])]
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            websocket_from(stack, "127.0.0.7")
+        assert refused.value.response.status_code == 429
+        websocket_from(stack, "127.0.0.8").close()  # another address is not concerned
+    finally:
+        for websocket in sockets:
+            websocket.close()
+
+
+def test_nginx_answers_a_burst_of_sign_in_forms_from_one_address_with_429(stack):
+    http = session(stack)
+    http.mount("https://", FromAddress("127.0.0.9"))
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda _: http.post(f"{stack.url}/login"), range(30)))
+    from_nginx = [a for a in answers if a.status_code == 429 and "<center>nginx</center>" in a.text]
+    assert from_nginx, [answer.status_code for answer in answers]
+
+
 # --- the job stream through nginx ---
 
 
@@ -176,6 +251,17 @@ def open_stream(stack, user, job):
     connection = http.client.HTTPSConnection("localhost", stack.https_port, context=certificate)
     connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie})
     return connection.getresponse()
+
+
+def test_one_user_runs_at_most_two_jobs_at_once_on_both_servers_and_others_still_can(stack):
+    alice, bob = sign_up(stack), sign_up(stack)
+    jobs = [start_job(stack, alice) for _ in range(2)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", job) for job in jobs)  # 128 bits: not guessed
+    for _ in range(4):  # least_conn: the next POSTs reach both servers
+        third = post_form(alice.http, stack, "/jobs", "/jobs")
+        assert third.status_code == 429
+        assert "You have 2 jobs running, as many as one person runs at once." in third.text
+    start_job(stack, bob)
 
 
 def test_a_jobs_events_come_through_nginx_one_by_one_within_200_ms_of_being_produced(stack):
@@ -465,7 +551,7 @@ def test_when_redis_stops_pages_stay_connected_and_then_chat_across_servers_agai
                 user_name(page)
             )
         jobs = alice.context.request
-        assert jobs.get(f"{own_stack.url}/jobs/0badcafe/events").status == 503
+        assert jobs.get(f"{own_stack.url}/jobs/{'0badcafe' * 4}/events").status == 503
         token = alice.locator("input[name=csrf_token]").first.get_attribute("value")
         headers = {"Referer": f"{own_stack.url}/jobs"}
         answer = jobs.post(f"{own_stack.url}/jobs", form={"csrf_token": token}, headers=headers)

@@ -390,6 +390,8 @@ def check_bad_sign_up_is_answered_on_the_form(page, server):
     check_accessibility(page)
 
 
+# Step 07's Content-Security-Policy allows no inline script either: bypassed to inject axe-core.
+@pytest.mark.browser_context_args(bypass_csp=True)
 class TestStep07RoomsAndLogins:
     STEP, ENV = "07_rooms_and_logins", {"SEND_RATE": 0}
 

@@ -78,14 +78,26 @@ def index():
 @socketio.on("connect")
 def on_connect():
     start_background_tasks()
+    if sent_as_an_event():
+        return False
     send_limits[request.sid] = SendLimit(SEND_BURST, SEND_RATE)
     count_online(+1)
 
 
 @socketio.on("disconnect")
 def on_disconnect(reason):
+    if sent_as_an_event():
+        return
     send_limits.pop(request.sid, None)
     count_online(-1)
+
+
+def sent_as_an_event():
+    """Whether this `connect` or `disconnect` is a client's event of that name, 42["connect"]:
+    python-socketio calls our handler for it as for the real thing, but the socket stays
+    connected (a new bucket would lift its rate limit). While a socket really connects or
+    disconnects, Socket.IO counts it as not connected."""
+    return socketio.server.manager.is_connected(request.sid, "/")
 
 
 @socketio.on("send message")

@@ -2,42 +2,70 @@
 
 Passwords are stored as Werkzeug hashes. Each sign-in is a row of its own in `logins`, and the
 session cookie holds that row's token: signing out deletes the row, so every copy of the cookie
-stops working, and closes the sockets that login has open (chat.py).
+stops working, and closes the sockets that login has open (chat.py). Refused sign-ins and
+sign-ups are limited (Flask-Limiter): per address, and sign-ins per username too.
 """
 
+import hashlib
+import os
 import secrets
 import sqlite3
 
 import chat
 import db
 from flask import Blueprint, redirect, render_template, request, url_for
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_login import UserMixin, current_user, login_required, login_user, logout_user
 from forms import SignInForm, SignUpForm
 from werkzeug.security import check_password_hash, generate_password_hash
 
 blueprint = Blueprint("accounts", __name__)
+# Refused attempts allowed per address (and per username, for sign-ins) before the answer is
+# 429 until the window has passed: a guesser gets 10 tries a minute, not 10 a second.
+ATTEMPTS = os.environ.get("ACCOUNT_ATTEMPTS", "10 per minute")
+TOO_MANY = "Too many attempts: wait a minute, then try again."
+limiter = Limiter(get_remote_address)  # app.py says where it counts (RATELIMIT_STORAGE_URI)
+# What a password is checked against when no one has that username: the same work as for a
+# real user, so that the time of the answer does not tell who has an account.
+NO_ONE_HASH = generate_password_hash(secrets.token_urlsafe())
+
+
+def refused(response):
+    return response.status_code == 400  # only refused attempts count; signing in does not
+
+
+def username_tried():
+    return "username:" + request.form.get("username", "").strip().lower()
 
 
 class User(UserMixin):
-    def __init__(self, user_id, name, login):
-        self.id, self.name, self.login = user_id, name, login
+    def __init__(self, user_id, name, token):
+        self.id, self.name, self.token = user_id, name, token
+        self.login = token_hash(token)  # the login's id: in the database, and for its sockets
 
     def get_id(self):
-        return self.login  # what Flask-Login keeps in the session cookie
+        return self.token  # what Flask-Login keeps in the session cookie
 
 
-def load_user(login):
+def token_hash(token):
+    # Only the hash is stored: whoever reads the database cannot sign in with what they read.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_user(token):
     """The user a session cookie's login belongs to; None once it signed out (app.py hands this
     to Flask-Login, which calls it on every request and socket handshake)."""
     found = db.query(
         "SELECT users.id, users.name FROM logins JOIN users ON users.id = logins.user_id"
         " WHERE logins.token = ?",
-        login,
+        token_hash(token),
     )
-    return User(found[0]["id"], found[0]["name"], login) if found else None
+    return User(found[0]["id"], found[0]["name"], token) if found else None
 
 
 @blueprint.route("/signup", methods=["GET", "POST"])
+@limiter.limit(ATTEMPTS, methods=["POST"], deduct_when=refused)
 def signup():
     form = SignUpForm()
     if form.validate_on_submit():
@@ -55,13 +83,16 @@ def signup():
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
+@limiter.limit(ATTEMPTS, methods=["POST"], deduct_when=refused)
+@limiter.limit(ATTEMPTS, methods=["POST"], deduct_when=refused, key_func=username_tried)
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("rooms.index"))
     form = SignInForm()
     if form.validate_on_submit():
         found = db.query("SELECT * FROM users WHERE name = ?", form.username.data)
-        if found and check_password_hash(found[0]["password_hash"], form.password.data):
+        password_hash = found[0]["password_hash"] if found else NO_ONE_HASH
+        if check_password_hash(password_hash, form.password.data) and found:
             return sign_in(found[0]["id"], found[0]["name"])
         form.form_errors.append("Wrong username or password.")
     return account_page(form, "Sign in")
@@ -70,10 +101,15 @@ def login():
 def sign_in(user_id, name):
     # A login of its own for this browser: signing out deletes it, and with it every copy of
     # the session cookie stops working (a signed cookie alone cannot be taken back).
-    login = secrets.token_urlsafe(24)
-    db.change("INSERT INTO logins (token, user_id) VALUES (?, ?)", login, user_id)
-    login_user(User(user_id, name, login))
+    user = User(user_id, name, secrets.token_urlsafe(24))
+    db.change("INSERT INTO logins (token, user_id) VALUES (?, ?)", user.login, user_id)
+    login_user(user)
     return redirect(url_for("rooms.index"))
+
+
+@blueprint.app_errorhandler(429)
+def too_many_attempts(error):
+    return TOO_MANY, 429
 
 
 def account_page(form, action):

@@ -31,11 +31,23 @@ from flask_wtf.csrf import CSRFProtect
 # `python app.py` would be instance/ in whatever directory it was started from.)
 instance = os.environ.get("INSTANCE_PATH") or os.path.join(os.path.dirname(__file__), "instance")
 app = Flask(__name__, instance_path=os.path.abspath(instance))
-os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+# The folder and what this process creates (the key, the database) are for this user alone: with
+# the key, anyone could sign a session cookie. chmod: mode= sets nothing on a folder that exists.
+os.umask(0o077)
+os.makedirs(app.instance_path, exist_ok=True)
+os.chmod(app.instance_path, 0o700)
+# What a page may load: everything from this origin and nothing from anywhere else; no inline
+# script, no plugins, no framing by other sites (a framed page can be clicked through a decoy),
+# forms that post to this origin only.
+CSP = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none';"
+    " form-action 'self'"
+)
 app.config.update(
     DATABASE=os.path.join(app.instance_path, "chat.sqlite"),
     SESSION_COOKIE_SAMESITE="Lax",
     WTF_CSRF_TIME_LIMIT=None,  # a chat page stays open for days: its Sign out must still work
+    RATELIMIT_STORAGE_URI="memory://",  # Flask-Limiter counts in this process (accounts.py)
 )
 
 
@@ -60,6 +72,7 @@ app.secret_key = session_key()
 
 # Every POST needs its form's csrf_token (Socket.IO's requests are answered before Flask's).
 CSRFProtect(app)
+accounts.limiter.init_app(app)
 login_manager = LoginManager(app)
 login_manager.user_loader(accounts.load_user)
 login_manager.login_view = "accounts.login"
@@ -74,6 +87,13 @@ socketio.init_app(
     async_handlers=False,
     max_http_buffer_size=64 * 1024,
 )
+
+
+@app.after_request
+def add_security_headers(response):
+    response.headers["Content-Security-Policy"] = CSP
+    return response
+
 
 app.register_blueprint(accounts.blueprint)
 app.register_blueprint(rooms.blueprint)

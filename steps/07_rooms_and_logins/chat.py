@@ -6,8 +6,11 @@ catch-up by id (`missed`), the per-user rate limit, and presence, coalesced per 
 sockets, take a user's sockets out of a room); this module imports neither of them.
 """
 
+import contextlib
 import functools
+import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,9 +33,16 @@ HISTORY = 100  # a join sends at most this many of a room's messages: the newest
 SEND_BURST = int(os.environ.get("SEND_BURST", "10"))  # messages a user may send at once...
 SEND_RATE = float(os.environ.get("SEND_RATE", "5"))  # ...then this many a second (0: no limit)
 PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
+# A connection is closed when it has not signed in (connected to Socket.IO) this many seconds
+# after it opened: a refused `connect` leaves the Engine.IO connection, and its thread, open.
+SIGN_IN_TIME = float(os.environ.get("SIGN_IN_TIME", "5"))
+QUEUE = int(os.environ.get("QUEUE", "100"))  # packets a socket may fall behind before it is dropped
+SOCKET_CHECK = 0.2  # seconds between two looks at every connection (look_after_connections)
+LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a last_id above it makes the query fail
 SIGN_IN_AGAIN = "You are not signed in: sign in again."
 NO_SUCH_ROOM = "There is no room by that name that you may enter."
 
+logger = logging.getLogger(__name__)
 socketio = SocketIO()  # its settings are in app.py, in socketio.init_app(app, ...)
 
 
@@ -51,7 +61,7 @@ online = {}  # socket id -> Visitor
 send_limits = {}  # user id -> SendLimit, shared by all the user's tabs
 changed_rooms = set()  # rooms whose people changed since the last presence broadcast
 state_lock = threading.Lock()  # for the three above: each socket's handlers run in its thread
-presence_task = None
+tasks = None  # the background tasks, started by the first connection
 # Held while what a room says or who hears it changes: storing and broadcasting a message,
 # joining a room and sending what it missed, removing a member. So each socket receives a room's
 # messages in id order, each once, and no one is added or removed between a check and its use.
@@ -60,26 +70,39 @@ room_lock = threading.Lock()
 
 @socketio.on("connect")
 def on_connect(auth):
+    start_tasks()
+    if sent_as_an_event():
+        return False
     # The handshake is an HTTP request from the page, with the page's cookies: Flask-Login reads
     # the session cookie here exactly as in a route. No signed-in user, no socket.
     if not current_user.is_authenticated:
         raise ConnectionRefusedError(SIGN_IN_AGAIN)
     last_id = auth.get("last_id", 0) if isinstance(auth, dict) else 0
-    if type(last_id) is not int or last_id < 0:  # type(): True is an int to isinstance
+    # type(): True is an int to isinstance
+    if type(last_id) is not int or not 0 <= last_id <= LARGEST_ID:
         raise ConnectionRefusedError("auth.last_id must be a whole number, 0 or more.")
     with state_lock:
         online[request.sid] = Visitor(
             current_user.id, current_user.name, current_user.login, last_id
         )
-    start_presence()
 
 
 @socketio.on("disconnect")
 def on_disconnect(reason):
+    if sent_as_an_event():
+        return
     with state_lock:
         visitor = online.pop(request.sid, None)
         if visitor:
             changed_rooms.update(visitor.rooms)
+
+
+def sent_as_an_event():
+    """Whether this `connect` or `disconnect` is a client's event of that name, 42["disconnect"]:
+    python-socketio calls our handler for it as for the real thing, but the socket stays
+    connected, in its rooms. While a socket really connects or disconnects, Socket.IO counts it
+    as not connected."""
+    return socketio.server.manager.is_connected(request.sid, "/")
 
 
 def visitor_required(handler):
@@ -106,9 +129,11 @@ def on_join(visitor, data):
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         if room not in visitor.rooms:
-            join_room(room)
             # What this page missed first; live messages follow once the lock is released.
-            for message in missed(room, visitor.last_id):
+            # Read before join_room: if the query failed, the socket would hear the room unseen.
+            messages = missed(room, visitor.last_id)
+            join_room(room)
+            for message in messages:
                 emit("new message", message)
             with state_lock:
                 visitor.rooms.add(room)
@@ -219,13 +244,59 @@ def allow_send(user_id):
     return limit.allow()
 
 
-def start_presence():
+def start_tasks():
     # Started by the first connection, as step 04's clock: the debug reloader's watcher process
-    # never accepts one, so only the serving process runs it.
-    global presence_task
+    # never accepts one, so only the serving process runs them.
+    global tasks
     with state_lock:
-        if presence_task is None:
-            presence_task = socketio.start_background_task(send_presence)
+        if tasks is None:
+            tasks = [
+                socketio.start_background_task(send_presence),
+                socketio.start_background_task(look_after_connections),
+            ]
+
+
+def look_after_connections():
+    """Every SOCKET_CHECK seconds: close the connections that have not signed in within
+    SIGN_IN_TIME, and drop the sockets more than QUEUE packets behind."""
+    opened = {}  # Engine.IO id -> when this loop first saw it without a Socket.IO connection
+    while True:
+        socketio.sleep(SOCKET_CHECK)
+        now = time.monotonic()
+        connections = socketio.server.eio.sockets.copy()  # Engine.IO id -> its connection
+        strangers = [
+            eio_sid
+            for eio_sid in connections
+            if socketio.server.manager.sid_from_eio_sid(eio_sid, "/") is None
+        ]
+        opened = {eio_sid: opened.get(eio_sid, now) for eio_sid in strangers}
+        for eio_sid, since in opened.items():
+            if now - since > SIGN_IN_TIME:
+                # wait=False: the close packet goes after what is queued (the refusal, say).
+                connections[eio_sid].close(wait=False)
+        drop_clients_behind(connections.values())
+
+
+def drop_clients_behind(connections):
+    """Drop every client more than QUEUE packets behind: it stopped reading, or cannot keep up.
+
+    Engine.IO queues what we emit to a client without limit, and offers no setting for one; its
+    heartbeat ends a client that stops answering pings, but only after 25 + 20 s, and never one
+    that answers them without reading. So we look at its queues (an internal, pinned in
+    pyproject.toml; the tests of steps 04 and 07 fail if it changes).
+    """
+    for client in connections:
+        behind = client.queue.qsize()
+        if behind > QUEUE:
+            logger.warning("Dropped client %s: %d packets behind", client.sid, behind)
+            # abort: no close packet (it would wait behind the rest); runs our disconnect handler.
+            client.close(wait=False, abort=True)
+            # Free what it will never read. Its writer thread may be stuck sending to it until
+            # its connection closes; the None ends that thread as soon as it gets there.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    client.queue.get_nowait()
+            client.queue.put(None)
 
 
 def send_presence():

@@ -1,10 +1,12 @@
 """Rooms: the chat page, creating a private room, and its members page.
 
-"general" and "random" are public (schema.sql). Anyone signed in may create a private room; its
-owner adds and removes members. Removing one also takes their open sockets out of the room
-(chat.py), in the same locked step as the database change.
+"general" and "random" are public (schema.sql). Anyone signed in may create a few private rooms;
+their owner adds and removes members, and a member who is not the owner may leave. Removing one
+(or leaving) also takes their open sockets out of the room (chat.py), in the same locked step as
+the database change.
 """
 
+import os
 import sqlite3
 
 import chat
@@ -14,6 +16,10 @@ from flask_login import current_user, login_required
 from forms import MemberForm, RoomForm
 
 blueprint = Blueprint("rooms", __name__)
+# Caps, so that no one can fill the database, or someone else's page, with rooms: anyone may add
+# anyone, and every page joins all of its rooms on every (re)connect.
+MAX_OWNED_ROOMS = 20
+MAX_MEMBERS = int(os.environ.get("MAX_MEMBERS", "50"))
 
 
 @blueprint.get("/")
@@ -27,21 +33,28 @@ def index():
 def create_room():
     form = RoomForm()
     if form.validate_on_submit():
-        try:
-            with db.connection() as database:
-                database.execute(
-                    "INSERT INTO rooms (name, owner_id) VALUES (?, ?)",
-                    (form.name.data, current_user.id),
-                )
-                database.execute(
-                    "INSERT INTO members (room, user_id) VALUES (?, ?)",
-                    (form.name.data, current_user.id),
-                )
-        except sqlite3.IntegrityError:
-            form.name.errors.append("That name is taken.")
-        else:
+        error = create(form.name.data)
+        if not error:
             return redirect(url_for("rooms.index", room=form.name.data))
+        form.name.errors.append(error)
     return chat_page(form), 400
+
+
+def create(room):
+    owned = db.query("SELECT count(*) FROM rooms WHERE owner_id = ?", current_user.id)[0][0]
+    if owned >= MAX_OWNED_ROOMS:
+        return f"You own {owned} rooms: that is the most."
+    try:
+        with db.connection() as database:
+            database.execute(
+                "INSERT INTO rooms (name, owner_id) VALUES (?, ?)", (room, current_user.id)
+            )
+            database.execute(
+                "INSERT INTO members (room, user_id) VALUES (?, ?)", (room, current_user.id)
+            )
+    except sqlite3.IntegrityError:
+        return "That name is taken."
+    return None
 
 
 def chat_page(room_form):
@@ -82,6 +95,8 @@ def add_member(room, name):
     found = db.query("SELECT id FROM users WHERE name = ?", name)
     if not found:
         return f"There is no user called {name}."
+    if db.query("SELECT count(*) FROM members WHERE room = ?", room)[0][0] >= MAX_MEMBERS:
+        return f"A room has at most {MAX_MEMBERS} members."
     try:
         db.change("INSERT INTO members (room, user_id) VALUES (?, ?)", room, found[0]["id"])
     except sqlite3.IntegrityError:
@@ -96,11 +111,24 @@ def remove_member(room, user_id):
         abort(403)
     if user_id == current_user.id:
         abort(400, "The owner stays in the room.")
+    take_out(room, user_id)
+    return redirect(url_for("rooms.members", room=room))
+
+
+@blueprint.post("/rooms/<room>/leave")
+@login_required
+def leave(room):
+    if private_room(room) == current_user.id:
+        abort(400, "The owner stays in the room.")
+    take_out(room, current_user.id)
+    return redirect(url_for("rooms.index"))
+
+
+def take_out(room, user_id):
     with chat.room_lock:
         db.change("DELETE FROM members WHERE room = ? AND user_id = ?", room, user_id)
         # Their sockets joined while they were a member: the next message must not reach them.
         chat.take_out_of_room(user_id, room)
-    return redirect(url_for("rooms.members", room=room))
 
 
 def private_room(room):

@@ -41,19 +41,31 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "25"))
 # What a page may load: everything from this origin and nothing from anywhere else; no inline
 # script (no <script> without src, no onclick, no hx-on), no plugins, no framing by other sites.
-CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+# Forms post to this origin only (form-action is not covered by default-src).
+CSP = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none';"
+    " form-action 'self'"
+)
 
 # The database and the key that signs session cookies live in an instance folder created on
 # first run: this step's instance/, or INSTANCE_PATH. (Flask's default for a script run as
 # `python app.py` would be instance/ in whatever directory it was started from.)
 instance = os.environ.get("INSTANCE_PATH") or os.path.join(os.path.dirname(__file__), "instance")
 app = Flask(__name__, instance_path=os.path.abspath(instance))
-os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+# The folder and what this process creates (the key, the database) are for this user alone: with
+# the key, anyone could sign a session cookie. chmod: mode= sets nothing on a folder that exists.
+os.umask(0o077)
+os.makedirs(app.instance_path, exist_ok=True)
+os.chmod(app.instance_path, 0o700)
 app.config.update(
     DATABASE=os.path.join(app.instance_path, "chat.sqlite"),
     SESSION_COOKIE_SECURE=True,  # sent over HTTPS only (HttpOnly is Flask's default)
     SESSION_COOKIE_SAMESITE="Lax",
     WTF_CSRF_TIME_LIMIT=None,  # a chat page stays open for days: its Sign out must still work
+    # Flask-Limiter counts in Redis, so that both servers share the counts (accounts.py); when
+    # Redis does not answer, each counts in its own memory.
+    RATELIMIT_STORAGE_URI=REDIS_URL,
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
 )
 
 
@@ -78,6 +90,7 @@ app.secret_key = session_key()
 
 # Every POST needs its form's csrf_token (Socket.IO's requests are answered before Flask's).
 CSRFProtect(app)
+accounts.limiter.init_app(app)
 login_manager = LoginManager(app)
 login_manager.user_loader(accounts.load_user)
 login_manager.login_view = "accounts.login"

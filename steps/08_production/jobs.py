@@ -8,7 +8,8 @@ on whichever server it lands; the job itself runs on the server that started it.
 
 The contract is step 06's (see its README), for the signed-in user who started the job; a POST
 carries the form's csrf_token, as every POST of step 07 does, instead of step 06's Origin check.
-At most MAX_JOBS run at once on each server; a finished job is kept KEEP_FINISHED seconds.
+At most MAX_JOBS run at once on each server, and JOBS_PER_USER of one user's on all servers; a
+finished job is kept KEEP_FINISHED seconds.
 """
 
 import os
@@ -28,6 +29,8 @@ JOB_STEP_SECONDS = float(os.environ.get("JOB_STEP_SECONDS", "0.5"))
 # (the write fails) and proxies see traffic.
 HEARTBEAT = float(os.environ.get("HEARTBEAT", "15"))
 MAX_JOBS = int(os.environ.get("MAX_JOBS", "4"))  # jobs running at once on each app server
+# One user's jobs running at once on all servers: one user alone cannot take every place.
+JOBS_PER_USER = int(os.environ.get("JOBS_PER_USER", "2"))
 KEEP_FINISHED = int(os.environ.get("KEEP_FINISHED", "3600"))  # seconds a finished job is kept
 # A running job renews its keys at every step; when the server running it stops, they expire
 # this many seconds after its last step, and its pages say that the job was lost.
@@ -46,11 +49,13 @@ store = redis.Redis.from_url(
 
 
 class Job:
-    """A job's two keys in Redis: its owner and size (`info`), and its events (a stream)."""
+    """A job's two keys in Redis: its owner and size (`info`), and its events (a stream); and
+    its place among its owner's running jobs (`owners_jobs`)."""
 
-    def __init__(self, job_id: str, steps: int):
+    def __init__(self, job_id: str, steps: int, owner: int):
         self.id, self.steps = job_id, steps
         self.info, self.events = f"job:{job_id}", f"job:{job_id}:events"
+        self.owners_jobs = owners_jobs(owner)
 
     def publish(self, event_id: int, data: str, name: str | None = None) -> None:
         """Add event `event_id`; `done` is the last. Renew how long the job is kept."""
@@ -63,6 +68,10 @@ class Job:
             )
             pipe.expire(self.events, keep)
             pipe.expire(self.info, keep)
+            if name == "done":
+                pipe.zrem(self.owners_jobs, self.id)
+            else:
+                pipe.zadd(self.owners_jobs, {self.id: time.time() + LOST_AFTER})
             pipe.execute()
 
     def published(self) -> tuple[int, bool]:
@@ -86,6 +95,18 @@ class Job:
         return not store.exists(self.info)
 
 
+def owners_jobs(owner: int) -> str:
+    """The key of a user's running jobs: a sorted set, each job scored with the time its server
+    must have renewed it by (a job whose server stopped drops out by itself)."""
+    return f"jobs_of:{owner}"
+
+
+def jobs_running(owner: int) -> int:
+    key = owners_jobs(owner)
+    store.zremrangebyscore(key, 0, time.time())
+    return store.zcard(key)
+
+
 running = set()  # the jobs this server runs now
 running_lock = threading.Lock()
 
@@ -99,17 +120,25 @@ def jobs_page():
 @blueprint.post("/jobs")
 @login_required
 def start_job():
+    if jobs_running(current_user.id) >= JOBS_PER_USER:
+        error = f"You have {JOBS_PER_USER} jobs running, as many as one person runs at once."
+        return render_template("_error.html", error=f"{error} Try again when one is done."), 429
     with running_lock:
         if len(running) >= MAX_JOBS:
             error = f"{MAX_JOBS} jobs are running, as many as this server runs at once."
             return render_template("_error.html", error=f"{error} Try again when one is done."), 429
-        # Random, not 1, 2, 3: after a restart, a new job must not take the id an old page holds.
-        job = Job(secrets.token_hex(4), JOB_STEPS)
+        # Random, not 1, 2, 3: after a restart, a new job must not take the id an old page holds;
+        # 128 bits, so that no one finds another's job by trying ids.
+        job = Job(secrets.token_hex(16), JOB_STEPS, current_user.id)
         running.add(job.id)
     try:
+        # HSETNX: a job never takes over the keys of another, should an id ever come up twice.
+        if not store.hsetnx(job.info, "owner", current_user.id):
+            raise redis.RedisError(f"job {job.id} exists already")
         with store.pipeline() as pipe:
-            pipe.hset(job.info, mapping={"owner": current_user.id, "steps": job.steps})
+            pipe.hset(job.info, "steps", job.steps)
             pipe.expire(job.info, int(LOST_AFTER) + 1)
+            pipe.zadd(job.owners_jobs, {job.id: time.time() + LOST_AFTER})
             pipe.execute()
     except redis.RedisError:
         with running_lock:
@@ -203,10 +232,10 @@ def sse_event(event_id: int, data: str, name: str | None = None) -> str:
 
 def find_job(job_id: str) -> Job:
     """The current user's job; 404 for a job that is unknown, gone, or someone else's."""
-    info = store.hgetall(f"job:{job_id}") if re.fullmatch(r"[0-9a-f]{8}", job_id) else {}
+    info = store.hgetall(f"job:{job_id}") if re.fullmatch(r"[0-9a-f]{32}", job_id) else {}
     if not info or info["owner"] != str(current_user.id):
         abort(plain_text(404, "No such job: it finished long ago, or its server stopped."))
-    return Job(job_id, int(info["steps"]))
+    return Job(job_id, int(info["steps"]), current_user.id)
 
 
 def plain_text(status: int, reason: str) -> Response:
