@@ -296,12 +296,15 @@ class ClockPage:
         await asyncio.sleep(down)
         back = await asyncio.to_thread(self.server.start)
         await self.wait_for_updates(before + 1)
+        # Request times are taken here, when Playwright reports them, which may be after the page
+        # has shown the update: count up to now, not up to the update's time in the page.
+        seen = time.time()
         first = (await self.updates())[before][0]
         return {
             "transport": self.name,
             "down for (s)": back - killed,
             "clock back after the server (s)": first - back,
-            "requests meanwhile": sum(killed < t <= first for t in self.requests),
+            "requests meanwhile": sum(killed < t <= seen for t in self.requests),
         }
 
     async def close(self) -> None:
