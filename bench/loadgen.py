@@ -390,8 +390,12 @@ async def run(
             result["rss_growth_mb"] = max(peak["peak_rss_mb"], total(after, 1))
             result["rss_growth_mb"] -= total(joined, 1)
             # What the connected clients cost the servers' memory, over all their processes.
-            grew = total(joined, 1) - total(before, 1)
-            result["kb_per_page"] = 1024 * grew / max(1, clients - len(failures))
+            pages = max(1, clients - len(failures))
+            result["kb_per_page"] = 1024 * (total(joined, 1) - total(before, 1)) / pages
+            if len(servers) > 1:
+                result["kb_per_page_of"] = {
+                    name: 1024 * (joined[name][1] - before[name][1]) / pages for name in servers
+                }
         if stuck:
             result["frozen_dropped"] = sum(await asyncio.gather(*map(dropped_by_server, stuck)))
             # When the healthy clients were first sent a smaller online count: the server let

@@ -53,13 +53,14 @@ class Visitor:
 
 online = {}  # socket id -> Visitor, for this server's sockets
 send_limits = {}  # user id -> SendLimit, shared by all the user's tabs on this server
-changed_rooms = set()  # rooms where a socket of this server joined since the last broadcast
+joined_since = {}  # room -> the sockets of this server that joined it since the last broadcast
 state_lock = threading.Lock()  # for the three above: each socket's handlers run in a greenlet
 presence_task = None
-# Held while what a room says or who hears it changes: storing and broadcasting a message,
-# joining a room and sending what it missed, removing a member. So each socket receives a room's
-# messages in id order, each once, and no one is added or removed between a check and its use.
-room_lock = threading.Lock()
+# A lock per room, held while what the room says or who hears it changes: storing and
+# broadcasting a message, joining the room and sending what it missed, removing a member. So each
+# socket receives a room's messages in id order, each once, and no one is added or removed
+# between a check and its use. One per room, not one for all: rooms do not wait for each other.
+room_locks = {}  # room name -> its lock, made on first use (under state_lock)
 
 
 @socketio.on("connect")
@@ -109,7 +110,7 @@ def on_join(visitor, data):
     room = data.get("room") if isinstance(data, dict) else None
     if not isinstance(room, str):
         return {"error": "That was not a join (it needs a room name as text)."}
-    with room_lock:
+    with room_lock(room):
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         if room not in visitor.rooms:
@@ -119,7 +120,7 @@ def on_join(visitor, data):
                 emit("new message", message)
             with state_lock:
                 visitor.rooms.add(room)
-                changed_rooms.add(room)
+                joined_since.setdefault(room, set()).add(request.sid)
     return {"ok": True}
 
 
@@ -131,7 +132,7 @@ def on_send_message(visitor, data):
     room, text, error = read_message(data)
     if error:
         return {"error": error}
-    with room_lock:
+    with room_lock(room):
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         # Stored first: a page that misses the broadcast finds the message in the database.
@@ -146,6 +147,12 @@ def on_send_message(visitor, data):
         )
         emit("new message", message, to=room)
     return {"ok": True}
+
+
+def room_lock(room):
+    """The room's lock (see room_locks)."""
+    with state_lock:
+        return room_locks.setdefault(room, threading.Lock())
 
 
 def read_message(message):
@@ -238,7 +245,8 @@ def start_presence():
 
 def send_presence():
     """Every PRESENCE_DELAY seconds, tell this server's pages who is in their rooms on every
-    server: when that changed, or when one of them just joined. Each server tells its own pages,
+    server: the whole room when that changed, and a page that just joined in any case. Each
+    server tells its own pages,
     reading the others' people from Redis, so nothing about presence goes through the queue."""
     told = {}  # room -> the names this server's pages were last told
     while True:
@@ -250,16 +258,18 @@ def send_presence():
                 for room in socketio.server.rooms(sid, namespace="/"):
                     if room != sid:  # every socket is also in a room named after itself
                         here.setdefault(room, set()).add(visitor.name)
-            joined = changed_rooms.copy()
-            changed_rooms.clear()
+            joined = joined_since.copy()
+            joined_since.clear()
         everywhere = registry.people_everywhere(here, left=told.keys() - here.keys())
         # Not under the lock: an emit can run a timed-out client's disconnect handler in this
         # greenlet, and that handler takes the lock.
         for room, names in everywhere.items():
-            if room in joined or names != told.get(room):
-                socketio.emit(
-                    "presence", {"room": room, "names": names}, to=room, ignore_queue=True
-                )
+            presence = {"room": room, "names": names}
+            if names != told.get(room):  # the whole room: a copy for each of its pages
+                socketio.emit("presence", presence, to=room, ignore_queue=True)
+            else:  # only the pages that just joined: 10,000 pages join in a storm of seconds
+                for sid in joined.get(room, ()):
+                    socketio.emit("presence", presence, to=sid, ignore_queue=True)
         told = everywhere
 
 
@@ -283,7 +293,7 @@ def close_sockets(user_id, login):
 
 def take_out_of_room(user_id, room):
     """Take the user's sockets out of `room` now, not at their next reconnect. Call it holding
-    room_lock, with the database change, so no message slips in between."""
+    room_lock(room), with the database change, so no message slips in between."""
     for sid in sockets_of(user_id):
         with state_lock:
             if sid in online:
