@@ -52,11 +52,12 @@ send_limits = {}  # user id -> SendLimit, shared by all the user's tabs
 changed_rooms = set()  # rooms whose people changed since the last presence broadcast
 state_lock = threading.Lock()  # for the three above: each socket's handlers run in its thread
 presence_task = None
-# A lock per room, held while what the room says or who hears it changes: storing and
-# broadcasting a message, joining the room and sending what it missed, removing a member. So each
-# socket receives a room's messages in id order, each once, and no one is added or removed
-# between a check and its use. One per room, not one for all: rooms do not wait for each other.
-room_locks = {}  # room name -> its lock, made on first use (under state_lock)
+# Held while what a room says or who hears it changes: storing and broadcasting a message,
+# joining a room and sending what it missed, removing a member. So each socket receives a room's
+# messages in id order, each once, and no one is added or removed between a check and its use.
+# One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
+# message must not overtake an older one of another room (README, "How many pages").
+room_lock = threading.Lock()
 
 
 @socketio.on("connect")
@@ -103,7 +104,7 @@ def on_join(visitor, data):
     room = data.get("room") if isinstance(data, dict) else None
     if not isinstance(room, str):
         return {"error": "That was not a join (it needs a room name as text)."}
-    with room_lock(room):
+    with room_lock:
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         if room not in visitor.rooms:
@@ -125,7 +126,7 @@ def on_send_message(visitor, data):
     room, text, error = read_message(data)
     if error:
         return {"error": error}
-    with room_lock(room):
+    with room_lock:
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         # Stored first: a page that misses the broadcast finds the message in the database.
@@ -140,12 +141,6 @@ def on_send_message(visitor, data):
         )
         emit("new message", message, to=room)
     return {"ok": True}
-
-
-def room_lock(room):
-    """The room's lock (see room_locks)."""
-    with state_lock:
-        return room_locks.setdefault(room, threading.Lock())
 
 
 def read_message(message):
@@ -273,7 +268,7 @@ def close_sockets(user_id, login):
 
 def take_out_of_room(user_id, room):
     """Take the user's sockets out of `room` now, not at their next reconnect. Call it holding
-    room_lock(room), with the database change, so no message slips in between."""
+    room_lock, with the database change, so no message slips in between."""
     for sid in sockets_of(user_id):
         with state_lock:
             if sid in online:

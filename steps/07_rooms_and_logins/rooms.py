@@ -96,7 +96,7 @@ def remove_member(room, user_id):
         abort(403)
     if user_id == current_user.id:
         abort(400, "The owner stays in the room.")
-    with chat.room_lock(room):
+    with chat.room_lock:
         db.change("DELETE FROM members WHERE room = ? AND user_id = ?", room, user_id)
         # Their sockets joined while they were a member: the next message must not reach them.
         chat.take_out_of_room(user_id, room)

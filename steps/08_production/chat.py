@@ -56,11 +56,12 @@ send_limits = {}  # user id -> SendLimit, shared by all the user's tabs on this 
 joined_since = {}  # room -> the sockets of this server that joined it since the last broadcast
 state_lock = threading.Lock()  # for the three above: each socket's handlers run in a greenlet
 presence_task = None
-# A lock per room, held while what the room says or who hears it changes: storing and
-# broadcasting a message, joining the room and sending what it missed, removing a member. So each
-# socket receives a room's messages in id order, each once, and no one is added or removed
-# between a check and its use. One per room, not one for all: rooms do not wait for each other.
-room_locks = {}  # room name -> its lock, made on first use (under state_lock)
+# Held while what a room says or who hears it changes: storing and broadcasting a message,
+# joining a room and sending what it missed, removing a member. So each socket receives a room's
+# messages in id order, each once, and no one is added or removed between a check and its use.
+# One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
+# message must not overtake an older one of another room (README, "How many pages").
+room_lock = threading.Lock()
 
 
 @socketio.on("connect")
@@ -110,7 +111,7 @@ def on_join(visitor, data):
     room = data.get("room") if isinstance(data, dict) else None
     if not isinstance(room, str):
         return {"error": "That was not a join (it needs a room name as text)."}
-    with room_lock(room):
+    with room_lock:
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         if room not in visitor.rooms:
@@ -132,7 +133,7 @@ def on_send_message(visitor, data):
     room, text, error = read_message(data)
     if error:
         return {"error": error}
-    with room_lock(room):
+    with room_lock:
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         # Stored first: a page that misses the broadcast finds the message in the database.
@@ -147,12 +148,6 @@ def on_send_message(visitor, data):
         )
         emit("new message", message, to=room)
     return {"ok": True}
-
-
-def room_lock(room):
-    """The room's lock (see room_locks)."""
-    with state_lock:
-        return room_locks.setdefault(room, threading.Lock())
 
 
 def read_message(message):
@@ -253,11 +248,13 @@ def send_presence():
         socketio.sleep(PRESENCE_DELAY)
         with state_lock:
             here = {}  # room -> the names of this server's people in it
-            for sid, visitor in online.items():
+            for room in set().union(*(visitor.rooms for visitor in online.values())):
                 # Socket.IO's own record: it also knows when another server took a socket out.
-                for room in socketio.server.rooms(sid, namespace="/"):
-                    if room != sid:  # every socket is also in a room named after itself
-                        here.setdefault(room, set()).add(visitor.name)
+                # (Room by room: socketio.server.rooms(sid) looks through every room, and each
+                # socket has one of its own, so asking it for every socket takes N² steps.)
+                for sid, _ in socketio.server.manager.get_participants("/", room):
+                    if sid in online:
+                        here.setdefault(room, set()).add(online[sid].name)
             joined = joined_since.copy()
             joined_since.clear()
         everywhere = registry.people_everywhere(here, left=told.keys() - here.keys())
@@ -293,7 +290,7 @@ def close_sockets(user_id, login):
 
 def take_out_of_room(user_id, room):
     """Take the user's sockets out of `room` now, not at their next reconnect. Call it holding
-    room_lock(room), with the database change, so no message slips in between."""
+    room_lock, with the database change, so no message slips in between."""
     for sid in sockets_of(user_id):
         with state_lock:
             if sid in online:
