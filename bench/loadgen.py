@@ -60,19 +60,21 @@ def loopback_only(url: str) -> None:
 @dataclass(frozen=True)
 class Page:
     """How one load process's clients connect to steps 07 and 08: with the session cookie of its
-    account, from its own loopback address (nginx limits connections per address), trusting
-    step 08's self-signed certificate. (Plain data: it goes to the helper processes.)"""
+    account, from loopback addresses of its own, taken in turn (nginx limits the connections
+    from one address), trusting step 08's self-signed certificate. (Plain data: it goes to the
+    helper processes.)"""
 
     cookie: str | None = None
-    source: str | None = None
+    sources: tuple = ()
     cafile: str | None = None
 
-    def options(self) -> dict:
+    def options(self, client: int) -> dict:
+        """What websockets' connect() needs for the process's `client`th client."""
         options = {}
         if self.cookie:
             options["additional_headers"] = {"Cookie": self.cookie}
-        if self.source:
-            options["local_addr"] = (self.source, 0)
+        if self.sources:
+            options["local_addr"] = (self.sources[client % len(self.sources)], 0)
         if self.cafile:
             options["ssl"] = ssl.create_default_context(cafile=self.cafile)
             options["server_hostname"] = "localhost"  # the name in the certificate
@@ -151,10 +153,10 @@ class Group:
         await asyncio.to_thread(barrier.wait, 90)
         gate, started = asyncio.Semaphore(CONNECTING_AT_ONCE), time.monotonic()
 
-        async def one(room):
+        async def one(client, room):
             try:
                 async with gate:
-                    options = self.page.options()
+                    options = self.page.options(client)
                     ws = await open_socket(self.url, self.protocol, room, max_size=None, **options)
             except Exception as error:  # counted: its messages are lost
                 self.failures.append(repr(error))
@@ -165,7 +167,7 @@ class Group:
             self.readers.append(asyncio.create_task(self.read(ws, arrivals)))
 
         rooms = [self.rooms[i % len(self.rooms)] for i in range(self.count)]
-        await asyncio.gather(*(one(room) for room in rooms))
+        await asyncio.gather(*(one(client, room) for client, room in enumerate(rooms)))
         self.connect_s = time.monotonic() - started
         # Joins change the online count, which the steps send at most every 0.2 s: the storm is
         # over when 0.5 s pass without a frame.

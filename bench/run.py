@@ -128,9 +128,10 @@ def measure(mode: tuple, log_dir: Path, env: dict = NO_LIMIT, **scenario) -> dic
 # one sender; "rate" is 20 rooms of 10 pages, a sender in each, the rate limit off (SEND_RATE=0).
 PAGE_PLANS = {
     "full": {
-        "07": [("pages", 250, 50, 5, 1), ("pages", 500, 50, 5, 1), ("pages", 1000, 50, 5, 1)]
+        "07": [("pages", pages, 50, 5, 1) for pages in (250, 500, 1000)]
         + [("rate", 200, 100, rate, 20) for rate in (25, 50, 100)],
-        "08": [("pages", 2000, 50, 5, 1), ("pages", 5000, 20, 1, 1), ("pages", 10_000, 20, 1, 1)]
+        "08": [("pages", pages, 50, 5, 1) for pages in (1000, 2000)]
+        + [("pages", pages, 20, 1, 1) for pages in (5000, 10_000)]
         + [("rate", 200, 250, rate, 20) for rate in (25, 50, 100, 150)],
     },
     "quick": {
@@ -138,7 +139,11 @@ PAGE_PLANS = {
         "08": [("pages", 200, 10, 5, 1), ("rate", 100, 40, 20, 10)],
     },
 }
-PAGES_PER_PROCESS = 1250  # each load process signs in its own account, from its own address
+PAGES_PER_PROCESS = 1250  # each load process signs in its own account
+# A server may limit the connections from one address (nginx's limit_conn): each load process
+# spreads its pages over addresses of its own, PAGES_PER_ADDRESS each, 127.0.P.1, 127.0.P.2 ...
+# (Linux routes all of 127/8 to the loopback interface).
+PAGES_PER_ADDRESS = 100
 PASSWORD = "correct horse"
 CSRF_TOKEN = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
 
@@ -241,9 +246,12 @@ def measure_pages(mode: tuple, log_dir: Path, scenario, clients, messages, rate,
                 cookies = [signed_in(target["url"], f"bench-{i}", cafile) for i in range(processes)]
             else:  # the reference: nobody signs in, and it has one room
                 cookies, names = [None] * processes, ["general"]
-            # 127.0.0.2, .3 ...: Linux routes all of 127/8 to the loopback interface.
+            addresses = -(-PAGES_PER_PROCESS // PAGES_PER_ADDRESS)
             pages = [
-                loadgen.Page(cookie, f"127.0.0.{2 + i}", cafile) for i, cookie in enumerate(cookies)
+                loadgen.Page(
+                    cookie, tuple(f"127.0.{p}.{a}" for a in range(1, addresses + 1)), cafile
+                )
+                for p, cookie in enumerate(cookies, start=1)
             ]
             run = loadgen.run(
                 target.get("ws_url", target["url"]),

@@ -240,7 +240,8 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
 
         async with serve(chat, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
-            pages = [loadgen.Page("session=a", "127.0.0.2"), loadgen.Page("session=b", "127.0.0.3")]
+            sources = ("127.0.1.1", "127.0.1.2")
+            pages = [loadgen.Page("session=a", sources), loadgen.Page("session=b", ("127.0.2.1",))]
             result = await loadgen.run(
                 f"ws://127.0.0.1:{port}/", "rooms", clients=7, messages=10, rate=50,
                 servers={"app1": os.getpid(), "app2": os.getpid()}, pages=pages,
@@ -249,9 +250,15 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
         return result, rooms, senders, seen
 
     result, rooms, senders, seen = in_own_thread(asyncio.run, scenario())
-    # Two load processes, 4 and 3 clients, each with its own cookie and loopback address.
+    # Two load processes, 4 and 3 clients, each with its own cookie and loopback addresses, which
+    # its clients take in turn.
     assert result["load_processes"] == 2 and result["connected"] == 7
-    assert sorted(seen) == [("session=a", "127.0.0.2")] * 4 + [("session=b", "127.0.0.3")] * 3
+    assert (
+        sorted(seen)
+        == [("session=a", "127.0.1.1")] * 2
+        + [("session=a", "127.0.1.2")] * 2
+        + [("session=b", "127.0.2.1")] * 3
+    )
     assert sorted(len(clients) for clients in rooms.values()) == [2, 2, 3]
     assert all(len(clients) == 1 for clients in senders.values()) and len(senders) == 3
     # Every client received its own room's 10 messages, and no other room's.
