@@ -241,8 +241,8 @@ def start_presence():
 def send_presence():
     """Every PRESENCE_DELAY seconds, tell this server's pages who is in their rooms on every
     server: the whole room when that changed, and a page that just joined in any case. Each
-    server tells its own pages,
-    reading the others' people from Redis, so nothing about presence goes through the queue."""
+    server tells its own pages, reading the others' people from Redis, so nothing about presence
+    goes through the queue."""
     told = {}  # room -> the names this server's pages were last told
     while True:
         socketio.sleep(PRESENCE_DELAY)
