@@ -185,11 +185,11 @@ pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures ag
 		$(PY) -m pytest tests/test_pages.py -n 2 --dist loadscope \
 		-k "Step$(firstword $(STEP)) $(patsubst %,or Step%,$(STEP))"
 
-bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, 3 rounds (~12 min): bench/results.md
+bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, then 07 and 08 up to 10,000 pages (~40 min): bench/results.md
 	$(PY) bench/run.py --out bench/results.json
 	$(call bench_report,results,latency)
 
-bench-quick: $(VENV)/.bench ## A one-minute smoke run of the bench: bench/results-quick.md
+bench-quick: $(VENV)/.bench ## A two-minute smoke run of the bench: bench/results-quick.md
 	$(PY) bench/run.py --quick --out bench/results-quick.json
 	$(call bench_report,results-quick,latency-quick)
 

@@ -8,6 +8,10 @@ own client costs more CPU than the server it would measure). Past `per_process` 
 is spread over several processes, and each reports the CPU it used. `flood()` is the
 attack instead: one client sends as fast as it can while the others listen.
 
+Steps 07 and 08 (protocol "rooms") are Socket.IO with a signed-in page's cookie and a room to
+join: each load process is given its own `Page` (whose cookie, from which loopback address, which
+certificate to trust), and with several rooms, one client in each room sends.
+
     python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 100
     python bench/loadgen.py ws://127.0.0.1:5000/ --protocol socketio --clients 500
     python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 20 --flood 5000
@@ -22,18 +26,21 @@ import multiprocessing
 import re
 import secrets
 import socket
+import ssl
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-MAX_CLIENTS, MAX_MESSAGES, MAX_CHARS = 1000, 5000, 500  # the steps refuse longer messages
-# Handshakes in flight at once: 500 at the same instant overflow the listen backlog (128 in
-# Werkzeug, 100 in asyncio), and we would time the kernel's SYN retry (1 s, then 3 s).
+# 10,000 pages: step 08's goal (issue 21). The steps refuse messages longer than MAX_CHARS.
+MAX_CLIENTS, MAX_MESSAGES, MAX_CHARS = 10_000, 5000, 500
+# Handshakes in flight at once, per load process: 500 at the same instant overflow the listen
+# backlog (128 in Werkzeug, 100 in asyncio), and we would time the kernel's SYN retry (1 s, 3 s).
 CONNECTING_AT_ONCE = 64
 # Large on the wire in both protocols: step 03 escapes `"` to 5 bytes and sends the emoji as 4
 # bytes of UTF-8; Socket.IO's JSON makes them 2 and 12 bytes.
@@ -50,31 +57,65 @@ def loopback_only(url: str) -> None:
     raise ValueError(f"the bench only targets loopback (127.0.0.0/8, ::1), not {host!r}")
 
 
-async def open_socket(url: str, protocol: str, **options):
-    """A connected client; for Socket.IO, one that has joined the namespace "/"."""
-    if protocol == "socketio":
+@dataclass(frozen=True)
+class Page:
+    """How one load process's clients connect to steps 07 and 08: with the session cookie of its
+    account, from loopback addresses of its own, taken in turn (nginx limits the connections
+    from one address), trusting step 08's self-signed certificate. (Plain data: it goes to the
+    helper processes.)"""
+
+    cookie: str | None = None
+    sources: tuple = ()
+    cafile: str | None = None
+
+    def options(self, client: int) -> dict:
+        """What websockets' connect() needs for the process's `client`th client."""
+        options = {}
+        if self.cookie:
+            options["additional_headers"] = {"Cookie": self.cookie}
+        if self.sources:
+            options["local_addr"] = (self.sources[client % len(self.sources)], 0)
+        if self.cafile:
+            options["ssl"] = ssl.create_default_context(cafile=self.cafile)
+            options["server_hostname"] = "localhost"  # the name in the certificate
+        return options
+
+
+async def open_socket(url: str, protocol: str, room: str | None = None, **options):
+    """A connected client; for Socket.IO, one that has joined the namespace "/", and for steps
+    07 and 08 ("rooms") the room `room` too."""
+    if protocol in ("socketio", "rooms"):
         url = urlsplit(url)._replace(path="/socket.io/", query="EIO=4&transport=websocket").geturl()
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(60):
         # No compression: browsers ask for it, but a server that compresses every copy of a
         # broadcast would be measuring zlib.
         ws = await connect(url, compression=None, ping_interval=None, proxy=None, **options)
-        if protocol == "socketio":
+        if protocol in ("socketio", "rooms"):
             await ws.recv()  # the open packet, 0{"sid": ...}
             await ws.send("40")
             # The connect handler's own events (presence, tick) come before the answer, 40{...}.
             while not (answer := await ws.recv()).startswith("40"):
                 if answer.startswith("44"):
                     raise ConnectionRefusedError(f"the server refused the client: {answer}")
+        if protocol == "rooms":  # join, asking for the acknowledgement 0: 430[{"ok": true}]
+            await ws.send("420" + json.dumps(["join", {"room": room}]))
+            while not (answer := await ws.recv()).startswith("430"):
+                if answer == "2":  # an Engine.IO ping
+                    await ws.send("3")
+            if "ok" not in answer:
+                raise ConnectionRefusedError(f"the server refused the join: {answer}")
     return ws
 
 
-def chat_frame(protocol: str, run_id: str, seq: int, size: int = 0) -> str:
+def chat_frame(protocol: str, run_id: str, seq: int, size: int = 0, room: str = "") -> str:
     """A chat message stamped with the run, its sequence number and the time, filled up to `size`
     characters, framed as the page would send it."""
     text = f"run={run_id} seq={seq} t={time.monotonic():.6f} "
     text += (FILLER * MAX_CHARS)[: max(0, min(size, MAX_CHARS) - len(text))]
     if protocol == "socketio":  # no acknowledgement asked
         return "42" + json.dumps(["send message", {"username": "bench", "data": text}])
+    if protocol == "rooms":
+        return "42" + json.dumps(["send message", {"room": room, "text": text}])
     return json.dumps({"name": "bench", "chat_message": text})
 
 
@@ -93,13 +134,18 @@ class Group:
     server disconnected, the frames the join storm cost, and when a client first saw the online
     count fall (someone was let go)."""
 
-    def __init__(self, url: str, protocol: str, count: int, run_id: str):
+    def __init__(
+        self, url: str, protocol: str, count: int, run_id: str, page=Page(), rooms=("general",)
+    ):
         self.url, self.protocol, self.count = url, protocol, count
+        self.page, self.rooms = page, rooms  # client i joins rooms[i % len(rooms)]
         self.stamp = re.compile(rf"run={run_id} seq=(\d+) t=([\d.]+)")
         self.sockets, self.readers, self.arrivals, self.failures = [], [], [], []
         self.latencies, self.duplicates, self.dropped = [], 0, 0
         self.frames, self.count_fell_at = 0, None
         self.last_frame, self.closing = time.monotonic(), False
+        self.last_arrival = 0.0  # when the last stamped message arrived
+        self.senders = {}  # room -> its first client
 
     async def join(self, barrier) -> None:
         """Connect every client, let the join storm pass, then wait for the other processes.
@@ -107,18 +153,21 @@ class Group:
         await asyncio.to_thread(barrier.wait, 90)
         gate, started = asyncio.Semaphore(CONNECTING_AT_ONCE), time.monotonic()
 
-        async def one():
+        async def one(client, room):
             try:
                 async with gate:
-                    ws = await open_socket(self.url, self.protocol, max_size=None)
+                    options = self.page.options(client)
+                    ws = await open_socket(self.url, self.protocol, room, max_size=None, **options)
             except Exception as error:  # counted: its messages are lost
                 self.failures.append(repr(error))
                 return
             self.sockets.append(ws)
+            self.senders.setdefault(room, ws)  # the first client in each room sends, if any
             self.arrivals.append(arrivals := {})
             self.readers.append(asyncio.create_task(self.read(ws, arrivals)))
 
-        await asyncio.gather(*(one() for _ in range(self.count)))
+        rooms = [self.rooms[i % len(self.rooms)] for i in range(self.count)]
+        await asyncio.gather(*(one(client, room) for client, room in enumerate(rooms)))
         self.connect_s = time.monotonic() - started
         # Joins change the online count, which the steps send at most every 0.2 s: the storm is
         # over when 0.5 s pass without a frame.
@@ -133,15 +182,16 @@ class Group:
         highest = 0  # the highest online count this client was sent
         with contextlib.suppress(ConnectionClosed):
             async for frame in ws:
-                now = self.last_frame = time.monotonic()
-                self.frames += 1
                 if frame == "2":  # an Engine.IO ping: a client that does not answer is cut
                     await ws.send("3")
+                    continue  # (10,000 pages are pinged 400 times a second: no sign of a storm)
+                now = self.last_frame = time.monotonic()
+                self.frames += 1
                 for seq, sent in self.stamp.findall(frame):
                     if seq in arrivals:
                         self.duplicates += 1
                     else:
-                        arrivals[seq] = now
+                        arrivals[seq] = self.last_arrival = now
                         self.latencies.append(now - float(sent))
                 for count in map(int, ONLINE.findall(frame)):
                     if count < highest and self.count_fell_at is None:
@@ -155,7 +205,7 @@ class Group:
             await asyncio.sleep(0.02)
         cpu = cpu_seconds(psutil.Process()) - self.cpu
         figures = ("latencies", "duplicates", "dropped", "failures", "connect_s")
-        figures += ("join_frames", "count_fell_at")
+        figures += ("join_frames", "count_fell_at", "last_arrival")
         return {"cpu_s": cpu, **{name: getattr(self, name) for name in figures}}
 
     def close(self) -> None:
@@ -164,11 +214,11 @@ class Group:
             ws.transport.abort()  # no closing handshake: the server is stopped next anyway
 
 
-def helper(url, protocol, count, run_id, barrier, messages, seconds, results) -> None:
+def helper(url, protocol, count, run_id, page, rooms, barrier, messages, seconds, results) -> None:
     """One more load-generator process: its share of the clients, counted on its own."""
 
     async def take_part():
-        group = Group(url, protocol, count, run_id)
+        group = Group(url, protocol, count, run_id, page, rooms)
         await group.join(barrier)  # the sender starts now
         results.put(await group.received(messages, time.monotonic() + seconds))
         group.close()
@@ -212,6 +262,15 @@ def server_usage(pid: int) -> tuple[float, float, int]:
     return cpu, rss, threads
 
 
+def usage_of(pids: dict) -> dict:
+    """server_usage of each named server (step 08: nginx, app1, app2, redis)."""
+    return {name: server_usage(pid) for name, pid in pids.items()}
+
+
+def total(usage: dict, figure: int) -> float:
+    return sum(numbers[figure] for numbers in usage.values())
+
+
 async def run(
     url: str,
     protocol: str = "raw",
@@ -223,16 +282,28 @@ async def run(
     server_pid: int | None = None,
     per_process: int = 250,
     drain_timeout: float = 5.0,
+    servers: dict | None = None,
+    pages: list | None = None,
+    rooms: tuple = ("general",),
 ) -> dict:
     """Connect `clients` clients (and `frozen` frozen ones), let the first send `messages`
-    messages at `rate` per second, and return the figures of the run."""
+    messages at `rate` per second, and return the figures of the run.
+
+    Steps 07 and 08: `pages` gives each load process its Page (as many processes as pages); the
+    clients are spread over `rooms`, and the first client in each room sends. `servers` names
+    the processes to measure ({"nginx": pid, "app1": pid, ...}) instead of `server_pid`."""
     loopback_only(url)
     if not 1 <= clients + frozen <= MAX_CLIENTS or not 1 <= messages <= MAX_MESSAGES:
         raise ValueError(f"at most {MAX_CLIENTS} clients and {MAX_MESSAGES} messages per run")
     if not 0 < rate <= 1000:
         raise ValueError("the rate must be between 0 and 1000 messages per second")
-    run_id, processes = secrets.token_hex(4), -(-clients // per_process)
+    servers = servers or ({"server": server_pid} if server_pid else {})
+    processes = len(pages) if pages else -(-clients // per_process)
+    pages = pages or [Page()] * processes
+    run_id = secrets.token_hex(4)
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    if shares[0] < len(rooms):
+        raise ValueError("the first load process needs a client in every room: its senders")
     context = multiprocessing.get_context("spawn")  # never fork a process that has threads
     barrier, results = context.Barrier(processes), context.Queue()
     # A helper waits for the messages as long as the sender does: while sending, then the drain.
@@ -240,37 +311,43 @@ async def run(
     helpers = [
         context.Process(
             target=helper,
-            args=(url, protocol, share, run_id, barrier, messages, seconds, results),
+            args=(url, protocol, share, run_id, page, rooms, barrier, messages, seconds, results),
             daemon=True,
         )
-        for share in shares[1:]
+        for share, page in zip(shares[1:], pages[1:], strict=True)
     ]
-    group, stuck = Group(url, protocol, shares[0], run_id), []  # the sender: its first client
+    group, stuck = Group(url, protocol, shares[0], run_id, pages[0], rooms), []
     result = {"clients": clients, "frozen": frozen, "load_processes": processes}
+    if len(rooms) > 1:
+        result["rooms"] = len(rooms)
     peak = {"peak_rss_mb": 0, "peak_threads": 0}
 
     async def sample_server():
         while True:
-            _, rss, threads = server_usage(server_pid)
-            peak.update(peak_rss_mb=max(peak["peak_rss_mb"], rss))
-            peak.update(peak_threads=max(peak["peak_threads"], threads))
+            usage = usage_of(servers)
+            peak.update(peak_rss_mb=max(peak["peak_rss_mb"], total(usage, 1)))
+            peak.update(peak_threads=max(peak["peak_threads"], total(usage, 2)))
             await asyncio.sleep(0.1)
 
-    sampler = asyncio.create_task(sample_server()) if server_pid else None
+    async def send(room, ws):
+        for seq in range(messages):
+            await asyncio.sleep(max(0.0, first_send + seq / rate - time.monotonic()))
+            try:
+                await ws.send(chat_frame(protocol, run_id, seq, size, room))
+            except ConnectionClosed:
+                break  # the server dropped the sender: what it could not send is lost
+
+    sampler = asyncio.create_task(sample_server()) if servers else None
     try:
+        before = usage_of(servers)  # the servers before any client: for the memory per page
         for process in helpers:
             process.start()
         for _ in range(frozen):
             stuck.append(await frozen_client(url, protocol))
         await group.join(barrier)
-        server_cpu, server_rss, _ = server_usage(server_pid) if server_pid else (0, 0, 0)
+        joined = usage_of(servers)
         first_send = time.monotonic()
-        for seq in range(messages):
-            await asyncio.sleep(max(0.0, first_send + seq / rate - time.monotonic()))
-            try:
-                await group.sockets[0].send(chat_frame(protocol, run_id, seq, size))
-            except ConnectionClosed:
-                break  # the server dropped the sender: what it could not send is lost
+        await asyncio.gather(*(send(room, ws) for room, ws in group.senders.items()))
         reports = [await group.received(messages, time.monotonic() + drain_timeout)]
         reports += [await asyncio.to_thread(results.get, True, 60) for _ in helpers]
         elapsed = time.monotonic() - first_send
@@ -280,29 +357,47 @@ async def run(
             if len(latencies) > 1
             else [None] * 99
         )
+        last_arrival = max(report["last_arrival"] for report in reports)
+        failures = [failure for report in reports for failure in report["failures"]]
         result.update(
             {name: sum(report[name] for report in reports) for name in ("duplicates", "dropped")},
             connect_s=max(report["connect_s"] for report in reports),
             # What the join storm cost: the frames all the clients received before the first send.
             join_frames=sum(report["join_frames"] for report in reports),
+            connected=clients - len(failures),
             expected=messages * clients,
             delivered=len(latencies),
             lost=messages * clients - len(latencies),
             p50_ms=cuts[49],
             p99_ms=cuts[98],
             max_ms=max(latencies, default=None),
+            # The messages of every room, from the first send until the last arrived anywhere.
+            messages_per_s=messages * len(rooms) / max(1e-9, last_arrival - first_send),
             # In % of one core: all the load generator's processes, and the busiest of them.
             load_cpu_percent=100 * sum(report["cpu_s"] for report in reports) / elapsed,
             busiest_load_cpu_percent=100 * max(report["cpu_s"] for report in reports) / elapsed,
         )
-        if failures := [failure for report in reports for failure in report["failures"]]:
+        if failures:
             result["error"] = f"{len(failures)} clients did not connect, e.g. {failures[0]}"
-        if server_pid:
-            result["server_cpu_s"] = server_usage(server_pid)[0] - server_cpu
+        if servers:
+            after = usage_of(servers)
+            cpu = {name: after[name][0] - joined[name][0] for name in servers}
+            result["server_cpu_s"] = sum(cpu.values())
             result["cpu_us_per_delivery"] = 1e6 * result["server_cpu_s"] / max(1, len(latencies))
+            if len(servers) > 1:
+                result["cpu_us_per_delivery_of"] = {
+                    name: 1e6 * seconds / max(1, len(latencies)) for name, seconds in cpu.items()
+                }
             # What the server grew by while the messages flowed (peak_rss_mb is sampled too).
-            result["rss_growth_mb"] = max(peak["peak_rss_mb"], server_usage(server_pid)[1])
-            result["rss_growth_mb"] -= server_rss
+            result["rss_growth_mb"] = max(peak["peak_rss_mb"], total(after, 1))
+            result["rss_growth_mb"] -= total(joined, 1)
+            # What the connected clients cost the servers' memory, over all their processes.
+            pages = max(1, clients - len(failures))
+            result["kb_per_page"] = 1024 * (total(joined, 1) - total(before, 1)) / pages
+            if len(servers) > 1:
+                result["kb_per_page_of"] = {
+                    name: 1024 * (joined[name][1] - before[name][1]) / pages for name in servers
+                }
         if stuck:
             result["frozen_dropped"] = sum(await asyncio.gather(*map(dropped_by_server, stuck)))
             # When the healthy clients were first sent a smaller online count: the server let

@@ -4,6 +4,7 @@ server as the bench does, bench/loadgen.py drives it, and the figures must add u
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -213,3 +214,61 @@ def test_the_bench_refuses_unbounded_runs():
         in_own_thread(
             asyncio.run, loadgen.run("ws://127.0.0.1:9/", clients=loadgen.MAX_CLIENTS + 1)
         )
+
+
+def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_rooms():
+    async def scenario():
+        # Steps 07 and 08 as the bench speaks to them, faked: Engine.IO's open packet, Socket.IO's
+        # connect, a join acknowledged with 430, and every message broadcast to its room only.
+        rooms, senders, seen = {}, {}, []
+
+        async def chat(ws):
+            seen.append((ws.request.headers["Cookie"], ws.remote_address[0]))
+            await ws.send('0{"sid": "x"}')
+            async for packet in ws:
+                if packet == "40":
+                    await ws.send('40{"sid": "y"}')
+                elif packet.startswith("420"):
+                    room = json.loads(packet[3:])[1]["room"]
+                    rooms.setdefault(room, []).append(ws)
+                    await ws.send('430[{"ok": true}]')
+                else:
+                    message = json.loads(packet[2:])[1]
+                    senders.setdefault(message["room"], set()).add(ws)
+                    for client in rooms[message["room"]]:
+                        await client.send("42" + json.dumps(["new message", message]))
+
+        async with serve(chat, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            sources = ("127.0.1.1", "127.0.1.2")
+            pages = [loadgen.Page("session=a", sources), loadgen.Page("session=b", ("127.0.2.1",))]
+            result = await loadgen.run(
+                f"ws://127.0.0.1:{port}/", "rooms", clients=7, messages=10, rate=50,
+                servers={"app1": os.getpid(), "app2": os.getpid()}, pages=pages,
+                rooms=("r0", "r1", "r2"),
+            )  # fmt: skip
+        return result, rooms, senders, seen
+
+    result, rooms, senders, seen = in_own_thread(asyncio.run, scenario())
+    # Two load processes, 4 and 3 clients, each with its own cookie and loopback addresses, which
+    # its clients take in turn.
+    assert result["load_processes"] == 2 and result["connected"] == 7
+    assert (
+        sorted(seen)
+        == [("session=a", "127.0.1.1")] * 2
+        + [("session=a", "127.0.1.2")] * 2
+        + [("session=b", "127.0.2.1")] * 3
+    )
+    assert sorted(len(clients) for clients in rooms.values()) == [2, 2, 3]
+    assert all(len(clients) == 1 for clients in senders.values()) and len(senders) == 3
+    # Every client received its own room's 10 messages, and no other room's.
+    assert (result["expected"], result["delivered"], result["lost"]) == (70, 70, 0)
+    assert result["duplicates"] == 0
+    # 30 messages in all; the last cannot arrive before 9/50 s after the first was sent.
+    assert 0 < result["messages_per_s"] <= 30 / (9 / 50)
+    # The figures of each server add up to the whole (both are this process, measured twice).
+    of = result["cpu_us_per_delivery_of"]
+    assert of.keys() == result["kb_per_page_of"].keys() == {"app1", "app2"}
+    assert sum(of.values()) == pytest.approx(result["cpu_us_per_delivery"])
+    assert result["cpu_us_per_delivery"] == pytest.approx(1e6 * result["server_cpu_s"] / 70)
+    assert sum(result["kb_per_page_of"].values()) == pytest.approx(result["kb_per_page"])

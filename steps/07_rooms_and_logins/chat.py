@@ -65,6 +65,8 @@ tasks = None  # the background tasks, started by the first connection
 # Held while what a room says or who hears it changes: storing and broadcasting a message,
 # joining a room and sending what it missed, removing a member. So each socket receives a room's
 # messages in id order, each once, and no one is added or removed between a check and its use.
+# One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
+# message must not overtake an older one of another room (README, "How many pages").
 room_lock = threading.Lock()
 
 

@@ -63,12 +63,14 @@ class Visitor:
 
 online = {}  # socket id -> Visitor, for this server's sockets
 send_limits = {}  # user id -> SendLimit, shared by all the user's tabs on this server
-changed_rooms = set()  # rooms where a socket of this server joined since the last broadcast
+joined_since = {}  # room -> the sockets of this server that joined it since the last broadcast
 state_lock = threading.Lock()  # for the three above: each socket's handlers run in a greenlet
 tasks = None  # the background tasks, started by the first connection
 # Held while what a room says or who hears it changes: storing and broadcasting a message,
 # joining a room and sending what it missed, removing a member. So each socket receives a room's
 # messages in id order, each once, and no one is added or removed between a check and its use.
+# One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
+# message must not overtake an older one of another room (README, "How many pages").
 room_lock = threading.Lock()
 
 
@@ -144,7 +146,7 @@ def on_join(visitor, data):
                 emit("new message", message)
             with state_lock:
                 visitor.rooms.add(room)
-                changed_rooms.add(room)
+                joined_since.setdefault(room, set()).add(request.sid)
     return {"ok": True}
 
 
@@ -309,28 +311,33 @@ def drop_clients_behind(connections):
 
 def send_presence():
     """Every PRESENCE_DELAY seconds, tell this server's pages who is in their rooms on every
-    server: when that changed, or when one of them just joined. Each server tells its own pages,
-    reading the others' people from Redis, so nothing about presence goes through the queue."""
+    server: the whole room when that changed, and a page that just joined in any case. Each
+    server tells its own pages, reading the others' people from Redis, so nothing about presence
+    goes through the queue."""
     told = {}  # room -> the names this server's pages were last told
     while True:
         socketio.sleep(PRESENCE_DELAY)
         with state_lock:
             here = {}  # room -> the names of this server's people in it
-            for sid, visitor in online.items():
+            for room in set().union(*(visitor.rooms for visitor in online.values())):
                 # Socket.IO's own record: it also knows when another server took a socket out.
-                for room in socketio.server.rooms(sid, namespace="/"):
-                    if room != sid:  # every socket is also in a room named after itself
-                        here.setdefault(room, set()).add(visitor.name)
-            joined = changed_rooms.copy()
-            changed_rooms.clear()
+                # (Room by room: socketio.server.rooms(sid) looks through every room, and each
+                # socket has one of its own, so asking it for every socket takes N² steps.)
+                for sid, _ in socketio.server.manager.get_participants("/", room):
+                    if sid in online:
+                        here.setdefault(room, set()).add(online[sid].name)
+            joined = joined_since.copy()
+            joined_since.clear()
         everywhere = registry.people_everywhere(here, left=told.keys() - here.keys())
         # Not under the lock: an emit can run a timed-out client's disconnect handler in this
         # greenlet, and that handler takes the lock.
         for room, names in everywhere.items():
-            if room in joined or names != told.get(room):
-                socketio.emit(
-                    "presence", {"room": room, "names": names}, to=room, ignore_queue=True
-                )
+            presence = {"room": room, "names": names}
+            if names != told.get(room):  # the whole room: a copy for each of its pages
+                socketio.emit("presence", presence, to=room, ignore_queue=True)
+            else:  # only the pages that just joined: 10,000 pages join in a storm of seconds
+                for sid in joined.get(room, ()):
+                    socketio.emit("presence", presence, to=sid, ignore_queue=True)
         told = everywhere
 
 
