@@ -138,10 +138,16 @@ def on_join(visitor, data):
         if not may_enter(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         if room not in visitor.rooms:
-            # What this page missed first; live messages follow once the lock is released.
-            # Read before join_room: if the query failed, the socket would hear the room unseen.
-            messages = missed(room, visitor.last_id)
+            # Joined before the history is read: the lock does not hold the other server, and a
+            # message it stores meanwhile then comes live, from the history or both (the page
+            # shows it once), never neither. (Step 07 reads first: its lock holds every sender.)
             join_room(room)
+            try:
+                messages = missed(room, visitor.last_id)
+            except Exception:
+                leave_room(room)  # the socket must not hear a room that presence does not show
+                raise
+            # What this page missed first; live messages follow once the lock is released.
             for message in messages:
                 emit("new message", message)
             with state_lock:

@@ -57,7 +57,11 @@ socket.on("new message", (message) => {
   if ($(`message-${message.id}`)) return;
   const section = rooms.get(message.room);
   if (!section) return;
-  section.querySelector(".messages").append(render(message));
+  // Two servers store messages side by side, so one may come after a newer one (through the
+  // other server, or from the history at a reconnect): each goes in its place by id.
+  const list = section.querySelector(".messages");
+  const later = [...list.children].find((item) => Number(item.dataset.id) > message.id);
+  list.insertBefore(render(message), later ?? null);
   newest = Math.max(newest, message.id);
   if (caughtUp) bookmark = newest;
 });
