@@ -109,11 +109,11 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 		-addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
 		-keyout $(@D)/localhost-key.pem -out $@ 2>/dev/null
 
-# The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Three
-# processes share the tests (pytest-xdist): most tests wait on a browser or a server, so three fit
-# on two cores. tests/conftest.py makes the scopes groups (a file's servers start once in a
-# group) and hands out the longest groups first.
-PARALLEL := -n 3 --dist loadscope --no-loadscope-reorder
+# The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Four
+# processes share the tests (pytest-xdist): most tests wait on a browser or a server (with three,
+# the two cores were busy half the time), so four fit on two cores. tests/conftest.py makes the
+# scopes groups (a file's servers start once in a group) and hands out the longest groups first.
+PARALLEL := -n 4 --dist loadscope --no-loadscope-reorder
 
 test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
