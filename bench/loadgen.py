@@ -37,7 +37,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-# 10,000 pages: step 08's goal (issue 21). The steps refuse messages longer than MAX_CHARS.
+# 10,000 pages: step 08's goal. The steps refuse messages longer than MAX_CHARS.
 MAX_CLIENTS, MAX_MESSAGES, MAX_CHARS = 10_000, 5000, 500
 # Handshakes in flight at once, per load process: 500 at the same instant overflow the listen
 # backlog (128 in Werkzeug, 100 in asyncio), and we would time the kernel's SYN retry (1 s, 3 s).

@@ -6,7 +6,7 @@ its process tree. The rounds are interleaved (every mode once, then again) so th
 rest of the machine spreads over all the modes, the reference included. Two attacks (a
 flood, a client that never reads) are measured on steps 03 and 04 with their defence on and off.
 
-Then steps 07 and 08 with signed-in pages (issue 21), each beside the reference in the same
+Then steps 07 and 08 with signed-in pages, each beside the reference in the same
 run: step 07's `python app.py` beside the reference on its own, step 08's whole stack (nginx with
 TLS, two app servers, Redis) beside the reference behind the same nginx. One round: a run of
 10,000 pages takes minutes. notebooks/bench.ipynb turns the file into bench/results.md.
