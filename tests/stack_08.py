@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import redis
-from harness import ROOT, accepts, free_port, wait_until
+from harness import ROOT, accepts, free_port, step_folder, wait_until
 
-STEP = ROOT / "steps" / "08_production"
+STEP = step_folder("08_production")  # or the copy an exercise names (harness.step_folder)
 PROCESSES = ("redis", "app1", "app2", "nginx")  # in the order they start
 CHANNEL = "flask-socketio"  # where Flask-SocketIO publishes, and every app server listens
 
