@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import redis
-from harness import ROOT, accepts, free_port, wait_until
+from harness import ROOT, accepts, free_port, step_folder, wait_until
 
-STEP = ROOT / "steps" / "08_production"
+STEP = step_folder("08_production")  # or the copy an exercise names (harness.step_folder)
 PROCESSES = ("redis", "app1", "app2", "nginx")  # in the order they start
 CHANNEL = "flask-socketio"  # where Flask-SocketIO publishes, and every app server listens
 
@@ -88,6 +88,11 @@ class Stack:
         )
         if self._exited(name):
             raise RuntimeError(f"{name} stopped at start:\n{self.output(name)}")
+        if name == "redis" and self._asks_no_password():
+            # A Redis started without its password (break-it 08-b12): the apps and the tests
+            # then talk to it without one, as anyone on the machine can.
+            self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
+            self.env["REDIS_URL"] = self.redis_url
         if name.startswith("app"):
             running = sum(app in self.processes for app in ("app1", "app2"))
             wait_until(lambda: self.subscribers() >= running, f"{name} listens to Redis", timeout)
@@ -117,6 +122,12 @@ class Stack:
             return self.redis().pubsub_numsub(CHANNEL)[0][1]
         except redis.ConnectionError:
             return 0
+
+    def _asks_no_password(self) -> bool:
+        try:
+            return redis.Redis(port=self.ports["redis"], socket_timeout=10).ping()
+        except redis.AuthenticationError:
+            return False
 
     def _exited(self, name: str) -> bool:
         return self.processes[name].poll() is not None
