@@ -1,4 +1,4 @@
-"""Every notebook runs top to bottom, as a learner would run it; most of them twice in a row in one
+"""Every notebook runs top to bottom, as a learner would run it; some of them twice in a row in one
 kernel, which a second run finds holding the first run's servers, modules and variables."""
 
 import sys
@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from harness import ROOT
 
-# Run once: the two slowest, whose second run would check little that the others do not.
+# Run once: the slowest, whose second run would check little that the others do not. The
+# notebooks of steps 01 to 03 (which serve in the kernel through lab.py, as 04, 06 and 07 do) and
+# the bench's run twice.
 ONCE = {
+    "04_socketio_broadcast": "it serves in the kernel, as 01 to 03 do",
     "05_scale_out": "its servers and its Redis are processes of their own, on new ports each run",
     "06_sse_progress": "its second half measures in Chromium for half a minute; its first half "
-    "serves in the kernel, as the notebooks of steps 01 to 04 and 07 do, twice",
+    "serves in the kernel, as 01 to 03 do",
+    "07_rooms_and_logins": "it serves in the kernel, as 01 to 03 do",
 }
 
 # A notebook that drives Chromium (through lab.ClockPages) is a browser test: `make test-fast`
