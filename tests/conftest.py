@@ -9,6 +9,11 @@ from harness import OriginGuard, StepServer
 
 pytest_plugins = ["pytester"]  # tests/test_harness.py runs pytest on a file of its own
 
+# Steps 07 and 08 hash passwords with scrypt at 170 ms of CPU a hash, Werkzeug's default; the
+# servers the tests start inherit this cheaper one (4 ms), which halves step 07's tests. The
+# test that times a refused sign-in sets the real one.
+os.environ.setdefault("PASSWORD_HASH", "scrypt:1024:8:1")
+
 
 def pytest_collection_modifyitems(config, items):
     refuse_unmarked_browser_tests(items)

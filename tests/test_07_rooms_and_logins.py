@@ -1087,15 +1087,18 @@ def test_wrong_passwords_for_one_username_are_answered_429_after_ten_from_any_ad
     assert statuses == [400] * 10 + [429]
 
 
-def test_an_unknown_username_takes_as_long_to_refuse_as_a_known_one(chat, taken):
+def test_an_unknown_username_takes_as_long_to_refuse_as_a_known_one(tmp_path):
     def seconds_to_refuse(name):
         started = time.monotonic()
-        status = post_form(requests.Session(), chat, "/login", username=name, password="guess")
+        status = post_form(requests.Session(), server, "/login", username=name, password="guess")
         assert status.status_code == 400
         return time.monotonic() - started
 
-    known = min(seconds_to_refuse(taken.name) for _ in range(3))
-    unknown = min(seconds_to_refuse(unique("nobody")) for _ in range(3))
+    # Werkzeug's scrypt, as the step has it: the suite's cheaper one is too quick to time.
+    with start_server(tmp_path, PASSWORD_HASH="scrypt") as server:
+        taken = sign_up(server, "taken")
+        known = min(seconds_to_refuse(taken.name) for _ in range(3))
+        unknown = min(seconds_to_refuse(unique("nobody")) for _ in range(3))
     assert unknown > known / 2, f"known {known * 1000:.0f} ms, unknown {unknown * 1000:.0f} ms"
 
 
