@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,9 +52,19 @@ def accepts(port: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port that no other test process hands out. Each pytest-xdist process counts up
+    through 2,000 ports of its own, below the ephemeral ports the kernel gives to clients (32768
+    and up). Port 0 would pick one among those: a server restarted on its port could then find it
+    taken by another process's new server, and the test would talk to that one."""
+    for port in _ports:
+        with socket.socket() as probe, suppress(OSError):
+            probe.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("this test process has used all the ports of its range")
+
+
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_ports = iter(range(20_000 + 2_000 * _worker, 22_000 + 2_000 * _worker))
 
 
 class StepServer:
