@@ -2,8 +2,9 @@
 
 Passwords are stored as Werkzeug hashes. Each sign-in is a row of its own in `logins`, and the
 session cookie holds that row's token: signing out deletes the row, so every copy of the cookie
-stops working, and closes the sockets that login has open (chat.py). Refused sign-ins and
-sign-ups are limited (Flask-Limiter): per address, and sign-ins per username too.
+stops working, and closes the sockets that login has open (chat.py); a login also ends by
+itself after LOGIN_DAYS. Refused sign-ins and sign-ups are limited (Flask-Limiter): per
+address, and sign-ins per username too.
 """
 
 import hashlib
@@ -26,6 +27,9 @@ blueprint = Blueprint("accounts", __name__)
 ATTEMPTS = os.environ.get("ACCOUNT_ATTEMPTS", "10 per minute")
 TOO_MANY = "Too many attempts: wait a minute, then try again."
 limiter = Limiter(get_remote_address)  # app.py says where it counts (RATELIMIT_STORAGE_URI)
+# A cookie copied off a shared computer, or a login forgotten on one, works this long at most.
+LOGIN_DAYS = 30
+EXPIRY = f"-{LOGIN_DAYS} days"  # a login whose `since` is before datetime('now', EXPIRY) expired
 # How passwords are hashed: Werkzeug's default, scrypt at about 170 ms of CPU a hash. The tests
 # sign up hundreds of users, and set a cheaper scrypt (as Django's docs advise for test suites).
 PASSWORD_HASH = os.environ.get("PASSWORD_HASH", "scrypt")
@@ -61,8 +65,9 @@ def load_user(token):
     to Flask-Login, which calls it on every request and socket handshake)."""
     found = db.query(
         "SELECT users.id, users.name FROM logins JOIN users ON users.id = logins.user_id"
-        " WHERE logins.token = ?",
+        " WHERE logins.token = ? AND logins.since > datetime('now', ?)",
         token_hash(token),
+        EXPIRY,
     )
     return User(found[0]["id"], found[0]["name"], token) if found else None
 
@@ -106,6 +111,7 @@ def sign_in(user_id, name):
     # the session cookie stops working (a signed cookie alone cannot be taken back).
     user = User(user_id, name, secrets.token_urlsafe(24))
     db.change("INSERT INTO logins (token, user_id) VALUES (?, ?)", user.login, user_id)
+    db.change("DELETE FROM logins WHERE since <= datetime('now', ?)", EXPIRY)  # anyone's
     login_user(user)
     return redirect(url_for("rooms.index"))
 

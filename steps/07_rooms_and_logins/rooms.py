@@ -3,7 +3,8 @@
 "general" and "random" are public (schema.sql). Anyone signed in may create a few private rooms;
 their owner adds and removes members, and a member who is not the owner may leave. Removing one
 (or leaving) also takes their open sockets out of the room (chat.py), in the same locked step as
-the database change.
+the database change. The answers "That name is taken" and "There is no user called ..." tell
+whether a room or an account exists: refused ones are limited, as refused sign-ins are.
 """
 
 import os
@@ -11,6 +12,7 @@ import sqlite3
 
 import chat
 import db
+from accounts import ATTEMPTS, limiter, refused
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from forms import MemberForm, RoomForm
@@ -20,6 +22,10 @@ blueprint = Blueprint("rooms", __name__)
 # anyone, and every page joins all of its rooms on every (re)connect.
 MAX_OWNED_ROOMS = 20
 MAX_MEMBERS = int(os.environ.get("MAX_MEMBERS", "50"))
+# One count per user for both pages: ten names of rooms or people a minute to guess, not hundreds.
+names_guessed = limiter.shared_limit(
+    ATTEMPTS, "names", methods=["POST"], deduct_when=refused, key_func=lambda: current_user.name
+)
 
 
 @blueprint.get("/")
@@ -30,6 +36,7 @@ def index():
 
 @blueprint.post("/rooms")
 @login_required
+@names_guessed
 def create_room():
     form = RoomForm()
     if form.validate_on_submit():
@@ -71,6 +78,7 @@ def chat_page(room_form):
 
 @blueprint.route("/rooms/<room>/members", methods=["GET", "POST"])
 @login_required
+@names_guessed
 def members(room):
     owner_id = private_room(room)
     form = MemberForm()
