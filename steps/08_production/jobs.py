@@ -101,10 +101,20 @@ def owners_jobs(owner: int) -> str:
     return f"jobs_of:{owner}"
 
 
-def jobs_running(owner: int) -> int:
-    key = owners_jobs(owner)
-    store.zremrangebyscore(key, 0, time.time())
-    return store.zcard(key)
+def took_a_place(job: Job) -> bool:
+    """Put the job among its owner's running jobs, unless they run JOBS_PER_USER already. Added,
+    then counted, in one transaction (MULTI): of two requests at once, on two servers, only one
+    can take the last place (counting first and adding after, both would)."""
+    now = time.time()
+    with store.pipeline() as pipe:
+        pipe.zremrangebyscore(job.owners_jobs, 0, now)
+        pipe.zadd(job.owners_jobs, {job.id: now + LOST_AFTER})
+        pipe.zcard(job.owners_jobs)
+        *_, running_now = pipe.execute()
+    if running_now > JOBS_PER_USER:
+        store.zrem(job.owners_jobs, job.id)
+        return False
+    return True
 
 
 running = set()  # the jobs this server runs now
@@ -120,16 +130,17 @@ def jobs_page():
 @blueprint.post("/jobs")
 @login_required
 def start_job():
-    if jobs_running(current_user.id) >= JOBS_PER_USER:
+    # Random, not 1, 2, 3: after a restart, a new job must not take the id an old page holds;
+    # 128 bits, so that no one finds another's job by trying ids.
+    job = Job(secrets.token_hex(16), JOB_STEPS, current_user.id)
+    if not took_a_place(job):
         error = f"You have {JOBS_PER_USER} jobs running, as many as one person runs at once."
         return render_template("_error.html", error=f"{error} Try again when one is done."), 429
     with running_lock:
         if len(running) >= MAX_JOBS:
+            store.zrem(job.owners_jobs, job.id)
             error = f"{MAX_JOBS} jobs are running, as many as this server runs at once."
             return render_template("_error.html", error=f"{error} Try again when one is done."), 429
-        # Random, not 1, 2, 3: after a restart, a new job must not take the id an old page holds;
-        # 128 bits, so that no one finds another's job by trying ids.
-        job = Job(secrets.token_hex(16), JOB_STEPS, current_user.id)
         running.add(job.id)
     try:
         # HSETNX: a job never takes over the keys of another, should an id ever come up twice.
@@ -138,7 +149,6 @@ def start_job():
         with store.pipeline() as pipe:
             pipe.hset(job.info, "steps", job.steps)
             pipe.expire(job.info, int(LOST_AFTER) + 1)
-            pipe.zadd(job.owners_jobs, {job.id: time.time() + LOST_AFTER})
             pipe.execute()
     except redis.RedisError:
         with running_lock:
