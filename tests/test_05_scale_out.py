@@ -318,6 +318,22 @@ def test_fifty_clients_joining_at_once_leave_every_page_on_the_exact_count(page,
 # --- fast tier: no browser ---
 
 
+def test_an_event_named_connect_brings_no_fresh_rate_limit(shared):
+    _, server_a, _ = shared
+    alice = SocketIOByHand(server_a)
+    try:
+        started = time.monotonic()
+        for burst in range(2):
+            for n in range(SEND_BURST):
+                alice.say(f"{burst} {n}", "Alice", ack=True)
+            alice.emit("connect", {})  # 42["connect",{}]: an event; the socket stays connected
+        answers = list(alice.answers(2 * SEND_BURST).values())
+        elapsed = time.monotonic() - started
+    finally:
+        alice.close()
+    assert answers.count({"ok": True}) <= SEND_BURST + elapsed * SEND_RATE + 1
+
+
 def test_a_sender_over_the_rate_limit_alone_is_answered_and_nothing_more_is_broadcast(shared):
     _, server_a, server_b = shared
     alice, carol, bob = SocketIOByHand(server_a), SocketIOByHand(server_a), SocketIOByHand(server_b)
