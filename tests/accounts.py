@@ -1,7 +1,10 @@
-"""Accounts of steps 07 and 08 for their tests: sign up, sign in and sign out.
+"""Accounts and rooms of steps 07 and 08 for their tests: sign up, sign in and sign out.
 
 - Over HTTP, as a script would: `sign_up`, `sign_in` and `sign_out` give or take a `Person`, whose
-  requests session holds the session cookie; `post_form` submits any of the pages' forms.
+  requests session holds the session cookie; `post_form` submits any of the pages' forms;
+  `create_room` makes a private room with members; `rows` reads the database.
+- On the wire, over a socket of conftest's `connect` (chat_clients.SocketIOByHand): `send_to`,
+  `messages_until`, `presence_until`.
 - In the browser, as a person would: `sign_up_in_browser`, `sign_in_in_browser`,
   `sign_out_in_browser`; then `send_message` on the chat page.
 
@@ -11,6 +14,7 @@ self-signed `certificate`).
 
 import re
 import secrets
+import sqlite3
 from dataclasses import dataclass
 
 import requests
@@ -18,6 +22,7 @@ from harness import RECONNECT_TIMEOUT
 from playwright.sync_api import expect
 
 PASSWORD = "correct horse"
+OK = {"ok": True}  # what the server answers a join or a message it accepted
 # Every form carries the session's token; the jobs page renders it without `type`.
 CSRF_TOKEN = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
 
@@ -93,6 +98,56 @@ def sign_in(server, name):
 def sign_out(person, server):
     response = post_form(person.http, server, "/logout", "/")
     assert response.url.startswith(f"{server.url}/login"), response.text
+
+
+# --- rooms, the database, and the chat on the wire ---
+
+
+def rows(server, sql, *args):
+    with sqlite3.connect(f"file:{server.database}?mode=ro", uri=True) as database:
+        return database.execute(sql, args).fetchall()
+
+
+def create_room(server, owner, members=()):
+    room = unique("room")
+    assert post_form(owner.http, server, "/rooms", name=room).url == f"{server.url}/?room={room}"
+    for member in members:
+        response = post_form(owner.http, server, f"/rooms/{room}/members", username=member.name)
+        assert response.status_code == 200, response.text
+    return room
+
+
+def user_id(server, person):
+    return rows(server, "SELECT id FROM users WHERE name = ?", person.name)[0][0]
+
+
+def send_to(socket, room, text):
+    """Send a chat message over the socket; the acknowledgement's answer."""
+    return socket.call("send message", {"room": room, "text": text})
+
+
+def messages_until(socket, text):
+    """The `new message` events a socket receives, up to the one whose text is `text`."""
+    received = []
+    while not received or received[-1]["text"] != text:
+        name, data = socket.event()
+        if name == "new message":
+            received.append(data)
+    return received
+
+
+def texts_of(messages):
+    return [message["text"] for message in messages]
+
+
+def presence_until(socket, room, names):
+    """The `presence` events for `room` a socket receives, up to one listing `names`."""
+    received = []
+    while not received or received[-1] != names:
+        name, data = socket.event()
+        if name == "presence" and data["room"] == room:
+            received.append(data["names"])
+    return received
 
 
 # --- in the browser ---

@@ -13,6 +13,7 @@ import html
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 
@@ -144,7 +145,10 @@ class SocketIOByHand:
     comes, here the first ping, 25 s later.)
     """
 
-    def __init__(self, server, cookie=None, auth=None, origin=None):
+    def __init__(self, server, cookie=None, auth=None, origin=None, **options):
+        """`options` go to websockets' `connect` (a `sock` of one's own, say)."""
+        if hasattr(server, "certificate"):  # step 08's stack: TLS, with its self-signed certificate
+            options["ssl"] = ssl.create_default_context(cafile=server.certificate)
         # No Origin header unless given, like most scripts.
         self.ws = connect(
             engine_io_url(server),
@@ -153,6 +157,7 @@ class SocketIOByHand:
             compression=None,
             close_timeout=0.1,
             legacy=True,  # a connection to keep, not a `with` block
+            **options,
         )
         self.kept = []  # packets read while waiting for an acknowledgement
         self.asked = 0  # acknowledgements asked for so far: the last one's number
@@ -165,10 +170,12 @@ class SocketIOByHand:
         return self.wait_for(("40", "44"))
 
     def receive(self, timeout=5):
-        """The next packet other than a ping (which it answers): a kept one first."""
+        """The next packet other than a ping (which it answers): a kept one first. TimeoutError
+        if none comes within `timeout` seconds, however many pings do."""
         if self.kept:
             return self.kept.pop(0)
-        while (packet := self.ws.recv(timeout=timeout)) == "2":
+        deadline = time.monotonic() + timeout
+        while (packet := self.ws.recv(timeout=max(0, deadline - time.monotonic()))) == "2":
             self.ws.send("3")
         return packet
 
@@ -302,14 +309,19 @@ def check_no_listener_was_dropped_or_delayed(listeners, flood_started, probe_sen
         assert len(ear.items) - 1 <= allowed  # the flood's messages that got through
 
 
-def tiny_buffer_socket(server):
-    """A TCP connection to the server whose client side takes in at most a few KB at a time.
+def tiny_buffer_socket(port, segment=None):
+    """A TCP connection to `port` on this machine whose client side takes in at most a few KB at a
+    time; with `segment`, in TCP segments of at most that many bytes.
 
-    Wrapped in a WebSocket client that stops reading, it fills the server's buffers quickly.
+    Wrapped in a WebSocket client that stops reading, it fills the server's buffers quickly. (The
+    kernel sizes the server's send buffer by the segment: on loopback, where a segment may hold
+    64 KB, it grows to megabytes; a small one keeps it to tens of KB.)
     """
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
+    if segment:  # announced when the connection opens: set it before
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, segment)
+    sock.connect(("127.0.0.1", port))
     return sock
 
 
@@ -338,7 +350,7 @@ def send_past_a_frozen_client(frozen_at, sending_at, total, batch=20):
     sender = SocketIOByHand(sending_at)
     frozen = connect(
         engine_io_url(frozen_at),
-        sock=tiny_buffer_socket(frozen_at),
+        sock=tiny_buffer_socket(frozen_at.port),
         compression=None,
         max_queue=1,  # websockets stops reading the socket at the first unread packet
         close_timeout=0.1,

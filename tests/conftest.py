@@ -1,10 +1,13 @@
-"""Fixtures for every test: step servers and browsers for one or two users. Also the two checks
+"""Fixtures for every test: step servers, Socket.IO connections to steps 07 and 08, and
+browsers for one or two users. Also the two checks
 on the suite itself: a test that can launch a browser must be marked e2e, and how the tests are
 shared out among pytest-xdist's processes."""
 
 import os
 
 import pytest
+from accounts import OK, rows
+from chat_clients import SocketIOByHand
 from harness import OriginGuard, StepServer
 
 pytest_plugins = ["pytester"]  # tests/test_harness.py runs pytest on a file of its own
@@ -128,3 +131,26 @@ def page(new_user):
 def two_users(new_user):
     """Alice's and Bob's pages, in two separate browser contexts."""
     return new_user(), new_user()
+
+
+@pytest.fixture
+def connect():
+    """Open Socket.IO connections to step 07 or 08 (chat_clients.SocketIOByHand), as a signed-in
+    page does: `alice_socket = connect(server, alice, rooms=["general"])`."""
+    sockets = []
+
+    def open_socket(server, person, rooms=(), last_id=None, **options):
+        """last_id: by default the newest id so far, as for a page that has shown everything.
+        `options` go to SocketIOByHand."""
+        if last_id is None:
+            last_id = rows(server, "SELECT coalesce(max(id), 0) FROM messages")[0][0]
+        socket = SocketIOByHand(server, person.cookie, {"last_id": last_id}, **options)
+        sockets.append(socket)
+        assert socket.answer.startswith('40{"sid"'), socket.answer
+        for room in rooms:
+            assert socket.call("join", {"room": room}) == OK
+        return socket
+
+    yield open_socket
+    for socket in sockets:
+        socket.close()

@@ -31,6 +31,7 @@ class Stack:
         self.ports = {"redis": free_port(), "app1": free_port(), "app2": free_port()}
         self.ports["nginx"] = self.https_port
         self.url = f"https://localhost:{self.https_port}"
+        self.ws_url = f"wss://localhost:{self.https_port}"
         # Redis' password, made by make's own rule, as `make step-08` does.
         password = self.instance / "redis_password"
         subprocess.run(["make", "-s", str(password)], cwd=ROOT, check=True, timeout=60)

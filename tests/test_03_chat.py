@@ -422,7 +422,11 @@ def test_a_client_that_never_reads_costs_the_others_nothing_and_is_dropped_with_
     count = frames_to_fill_the_kernel_buffers(2500)
     with (
         connect(
-            url, sock=tiny_buffer_socket(server), compression=None, max_queue=1, close_timeout=1
+            url,
+            sock=tiny_buffer_socket(server.port),
+            compression=None,
+            max_queue=1,
+            close_timeout=1,
         ) as frozen,
         connect(url, compression=None) as sender,  # no compression: less work on 2 cores
         connect(url, compression=None) as healthy,
@@ -457,7 +461,11 @@ def test_a_client_that_never_reads_again_is_cut_off_and_its_threads_end(serve):
         assert ONLINE.findall(sender.recv(timeout=5)) == ["1"]
         threads_for_one_client = threads()
         with connect(
-            url, sock=tiny_buffer_socket(server), compression=None, max_queue=1, close_timeout=1
+            url,
+            sock=tiny_buffer_socket(server.port),
+            compression=None,
+            max_queue=1,
+            close_timeout=1,
         ):
             assert ONLINE.findall(sender.recv(timeout=5)) == ["2"]
             # Talk until the frozen client has been dropped and cut off: then its handler ends

@@ -18,18 +18,26 @@ import pytest
 import requests
 import socketio
 from accounts import (
+    OK,
     PASSWORD,
     FromAddress,
+    create_room,
     csrf_token,
+    messages_until,
     post_form,
+    presence_until,
+    rows,
     send_message,
+    send_to,
     sign_in,
     sign_in_in_browser,
     sign_out,
     sign_out_in_browser,
     sign_up,
     sign_up_in_browser,
+    texts_of,
     unique,
+    user_id,
 )
 from chat_clients import (
     QUEUE,
@@ -46,7 +54,6 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as open_websocket
 
 STEP = "07_rooms_and_logins"
-OK = {"ok": True}
 NO_SUCH_ROOM = {"error": "There is no room by that name that you may enter."}
 REFUSED = '44{"message":"You are not signed in: sign in again."}'  # Socket.IO's connect error
 NOT_A_MESSAGE = "That was not a chat message (it needs a room and a text, as text)."
@@ -90,27 +97,6 @@ def taken(chat):
     return sign_up(chat, "taken")
 
 
-@pytest.fixture
-def connect():
-    """Open Socket.IO connections: `alice_socket = connect(server, alice, rooms=["general"])`."""
-    sockets = []
-
-    def open_socket(server, person, rooms=(), last_id=None):
-        """last_id: by default the newest id so far, as for a page that has shown everything."""
-        if last_id is None:
-            last_id = rows(server, "SELECT coalesce(max(id), 0) FROM messages")[0][0]
-        socket = SocketIOByHand(server, person.cookie, {"last_id": last_id})
-        sockets.append(socket)
-        assert socket.answer.startswith('40{"sid"'), socket.answer
-        for room in rooms:
-            assert socket.call("join", {"room": room}) == OK
-        return socket
-
-    yield open_socket
-    for socket in sockets:
-        socket.close()
-
-
 # --- helpers: the database, sockets, pages ---
 
 
@@ -122,57 +108,10 @@ def attempt(server, address, path, username, password):
     return post_form(http, server, path, form_page=path, **fields).status_code
 
 
-def rows(server, sql, *args):
-    with sqlite3.connect(f"file:{server.database}?mode=ro", uri=True) as database:
-        return database.execute(sql, args).fetchall()
-
-
 def accounts_and_rooms(server):
     return [
         rows(server, f"SELECT * FROM {table}") for table in ("users", "logins", "rooms", "members")
     ]
-
-
-def create_room(server, owner, members=()):
-    room = unique("room")
-    assert post_form(owner.http, server, "/rooms", name=room).url == f"{server.url}/?room={room}"
-    for member in members:
-        response = post_form(owner.http, server, f"/rooms/{room}/members", username=member.name)
-        assert response.status_code == 200, response.text
-    return room
-
-
-def user_id(server, person):
-    return rows(server, "SELECT id FROM users WHERE name = ?", person.name)[0][0]
-
-
-def send_to(socket, room, text):
-    """Send a chat message over the socket; the acknowledgement's answer."""
-    return socket.call("send message", {"room": room, "text": text})
-
-
-def messages_until(socket, text):
-    """The `new message` events a socket receives, up to the one whose text is `text`."""
-    received = []
-    while not received or received[-1]["text"] != text:
-        name, data = socket.event()
-        if name == "new message":
-            received.append(data)
-    return received
-
-
-def texts_of(messages):
-    return [message["text"] for message in messages]
-
-
-def presence_until(socket, room, names):
-    """The `presence` events for `room` a socket receives, up to one listing `names`."""
-    received = []
-    while not received or received[-1] != names:
-        name, data = socket.event()
-        if name == "presence" and data["room"] == room:
-            received.append(data["names"])
-    return received
 
 
 def enter(page, room):
@@ -1021,7 +960,7 @@ def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect
     sender_socket = connect(chat, sender, rooms=[room])
     frozen_socket = open_websocket(
         engine_io_url(chat),
-        sock=tiny_buffer_socket(chat),
+        sock=tiny_buffer_socket(chat.port),
         additional_headers={"Cookie": frozen.cookie},
         compression=None,  # deflated, 500 times the same character would be a few bytes
         max_queue=1,  # websockets stops reading the socket at the first unread packet

@@ -95,7 +95,7 @@ def test_find_browser_refuses_a_chromium_path_that_is_not_a_program():
 def test_a_test_that_can_launch_a_browser_must_be_marked_e2e(pytester):
     """conftest.py refuses to collect a test that uses Playwright's fixtures without the mark:
     `make test-fast` leaves out e2e tests, and runs where no browser is found."""
-    for name in ("conftest.py", "harness.py"):
+    for name in ("conftest.py", "harness.py", "accounts.py", "chat_clients.py"):  # and its imports
         pytester.makefile(".py", **{name.removesuffix(".py"): (ROOT / "tests" / name).read_text()})
     pytester.makeini("[pytest]\nmarkers =\n    e2e: drives a real browser\n")
     pytester.makepyfile(
