@@ -480,11 +480,12 @@ def test_a_client_that_never_reads_again_is_cut_off_and_its_threads_end(serve):
                     online += ONLINE.findall(frame)
                 if online[-1] == "1":
                     break
-            # The cut comes DROP_GRACE after the drop, and the new count up to 0.2 s after that:
-            # possibly after the last frame. (A recv that times out here: never cut off.)
+            # The new count comes up to 0.2 s after the drop: possibly after the last frame. (A
+            # recv that times out here: never dropped.)
             while online[-1] != "1":
                 online += ONLINE.findall(sender.recv(timeout=5))
-            # It has still read nothing, yet its handler and writer threads are gone.
+            # It has still read nothing, yet its threads are gone: the handler ends within a
+            # second of the drop, and cuts the connection DROP_GRACE later.
             wait_until(
                 lambda: threads() <= threads_for_one_client, "the frozen client's threads end"
             )

@@ -74,8 +74,9 @@ def chatroom(ws):
     try:
         # This thread is the only reader of the socket, the client's writer thread its only
         # writer. receive() waits at most a second (see step 01: a too-big message closes the
-        # connection without waking it).
-        while ws.connected:
+        # connection without waking it). A client the hub dropped is done too: hub.leave()
+        # gives it DROP_GRACE seconds to take its close frame, then cuts the connection.
+        while ws.connected and client in hub:
             frame = ws.receive(timeout=1)
             if frame is None:
                 continue

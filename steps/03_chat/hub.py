@@ -9,6 +9,7 @@ import contextlib
 import queue
 import socket
 import threading
+import time
 from collections import deque
 
 from simple_websocket import ConnectionClosed
@@ -45,16 +46,19 @@ class Client:
             except queue.Empty:
                 break
         self.outbox.put_nowait(close_code)
-        if close_code is not None:
-            # A client this far behind may never read again, and then its writer waits in send()
-            # for ever, holding two threads and the socket: give the close frame a grace period,
-            # then cut the connection under it.
-            cut = threading.Timer(self.drop_grace, self._cut)
-            cut.daemon = True
-            cut.start()
 
-    def _cut(self) -> None:
-        with contextlib.suppress(OSError):  # closed already
+    def release(self) -> None:
+        """Let the socket's threads end before the server closes it: the last thing a handler does.
+
+        A thread waiting in send() or recv() is not woken when its socket is closed, and a client
+        that never reads again leaves our writer in send() and simple-websocket's reader in recv()
+        (awaiting the client's close frame) for ever. So both get `drop_grace` seconds to finish,
+        then the connection is shut down under whichever still waits.
+        """
+        deadline = time.monotonic() + self.drop_grace
+        for thread in (self.writer, self.ws.thread):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):  # the client went away already
             self.ws.sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -82,12 +86,16 @@ class Hub:
         client.writer.start()
         return client
 
+    def __contains__(self, client: Client) -> bool:
+        return client in self._clients
+
     def leave(self, client: Client) -> None:
         with self._lock:
-            if client not in self._clients:
-                return  # dropped already: keep the close code its writer is waiting to send
+            dropped = client not in self._clients
             self._clients.discard(client)
-        client.finish()
+        if not dropped:  # a dropped client's outbox holds the close code its writer must send
+            client.finish()
+        client.release()
 
     def send(self, client: Client, frame: str) -> None:
         """Queue a frame for one client (its own error messages, for example)."""
