@@ -32,6 +32,9 @@ class NaiveHub:
     def __len__(self) -> int:
         return len(self.clients)
 
+    def __contains__(self, ws) -> bool:
+        return ws in self.clients  # a naive hub drops nobody
+
     def join(self, ws):
         ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as hub.py does
         with self.lock:
