@@ -7,19 +7,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE_STAMP := node_modules/.package-lock.json
 
-# The front-end files each step serves from its own static/vendor/ (paths inside node_modules/).
-vendor_02 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.min.js \
-	htmx2/dist/htmx.min.js htmx-ext-ws/dist/ws.min.js htmx1/dist/htmx.min.js
-vendor_03 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-ws.min.js
-vendor_04 := socket.io-client/dist/socket.io.min.js
-vendor_05 := socket.io-client/dist/socket.io.min.js
-vendor_06 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js
-vendor_07 := socket.io-client/dist/socket.io.min.js
-vendor_08 := htmx.org/dist/htmx.min.js htmx.org/dist/ext/hx-sse.min.js \
-	socket.io-client/dist/socket.io.min.js
+# The course's steps, their parents, vendor files and exercises, from steps.toml (the only place
+# that names them), as make variables: step_numbers, step_dir_NN, parent_NN, grafts_NN,
+# vendor_NN, exercise_ids and exercise_dir_ID. Made again whenever steps.toml changes.
+include .make/steps.mk
+.make/steps.mk: steps.toml toolkit/course.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "The course needs Python >= 3.11; set PYTHON=/path/to/python3.x" >&2; exit 1; }
+	@mkdir -p $(@D) && $(PYTHON) -m toolkit.course make > $@.new && mv $@.new $@
 
-step_dir = $(firstword $(wildcard steps/$(1)_*))
-step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$(firstword $(subst _, ,$(d)))))
+step_dir = $(step_dir_$(1))
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
@@ -28,10 +25,11 @@ step_numbers = $(patsubst steps/%,%,$(foreach d,$(wildcard steps/[0-9][0-9]_*),$
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
-	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/; s/%/NN/' | expand -t 20
+	@grep -hE '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/; s/%/NN/' | expand -t 20
 	@echo "Each step's parent, with which make diff B=NN compares it: $(strip $(foreach step,\
 		$(step_numbers),$(if $(parent_$(step)),$(step)<-$(parent_$(step)))))."
-	@echo "Step 08 takes its jobs from step 06: make diff B=08 compares them with 06's."
+	@echo "$(strip $(foreach step,$(step_numbers),$(if $(grafts_$(step)),Step $(step) also takes \
+		files from step $(firstword $(grafts_$(step))): make diff B=$(step) compares them with its.)))"
 
 step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. make step-01
 	@test -n "$(call step_dir,$*)" || { echo "There is no step $* in steps/." >&2; exit 1; }
@@ -139,15 +137,14 @@ lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experimen
 # --- exercises: exercises/NN-k_slug/, each proven by a test (exercises/README.md) ---
 
 # E=03-3 names exercises/03-3_*/, which belongs to step 03; the learner's copy is work/03-3/.
-exercise_dir = $(firstword $(wildcard exercises/$(E)_*))
+exercise_dir = $(exercise_dir_$(E))
 exercise_step = $(call step_dir,$(firstword $(subst -, ,$(E))))
 exercise_copy = work/$(E)
 # A build exercise is checked by its own test; a break-it one by the step's test it names.
 exercise_test = $(if $(wildcard $(exercise_dir)/break.patch),$(shell cat $(exercise_dir)/must_fail.txt),\
 	$(exercise_dir)/test_exercise.py)
 need_exercise = test -n "$(E)" -a -n "$(exercise_dir)" || { echo "Usage: make $@ E=03-3 \
-	(one of: $(patsubst exercises/%,%,$(foreach d,$(wildcard exercises/[0-9][0-9]-*),\
-	$(firstword $(subst _, ,$(d))))))" >&2; exit 1; }
+	(one of: $(exercise_ids))" >&2; exit 1; }
 
 exercise: $(VENV)/.runtime $(if $(E),vendor-$(firstword $(subst -, ,$(E)))) ## Copy exercise E's step into work/E to work in: make exercise E=03-3
 	@$(need_exercise)
@@ -199,19 +196,8 @@ bench_report = BENCH_RESULTS=$(1).json $(VENV)/bin/jupyter nbconvert --execute -
 	--no-input --output-dir bench --output $(1) --NbConvertApp.output_files_dir=. \
 	--ExtractOutputPreprocessor.output_filename_template='$(2){extension}' notebooks/bench.ipynb
 
-# Each step grows from its parent: `make diff B=07` shows what step 07 changes in step 04.
-parent_02 := 01
-parent_03 := 02
-parent_04 := 03
-parent_05 := 04
-parent_06 := 02
-parent_07 := 04
-parent_08 := 07
-# Step 08 takes its jobs from step 06, not from its parent: the step they come from, then the
-# files. `make diff B=08` compares these with step 06's.
-grafts_08 := 06 jobs.py templates/_error.html templates/_job.html templates/_lost.html \
-	templates/_progress.html templates/_step.html
-
+# Each step grows from its parent (steps.toml): `make diff B=07` shows what step 07 changes in
+# step 04.
 # Step A, or step B's parent. The grafts count only when A is not given.
 diff_from = $(or $(A),$(parent_$(B)))
 graft_step = $(if $(A),,$(firstword $(grafts_$(B))))
@@ -242,13 +228,13 @@ clean: ## Remove the virtual environment, node_modules and copied front-end file
 # --- set-up, each done once and redone only when its inputs change ---
 
 $(PY):
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
-		{ echo "The course needs Python >= 3.10; set PYTHON=/path/to/python3.x" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "pip==26.3"  # --group needs pip >= 25.1
 
+# Each group but the runtime also gets the course's toolkit (toolkit/), as an editable package.
 $(VENV)/.%: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check --group $*
+	$(if $(filter-out runtime,$*),$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .)
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -9,15 +9,14 @@ Run: HOST=127.0.0.1 PORT=5000 python bench/naive_loop.py
 import contextlib
 import os
 import socket
-import sys
 import threading
 from collections import deque
-from pathlib import Path
 
 from simple_websocket import ConnectionClosed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "steps" / "03_chat"))
-import app as step_03
+from toolkit.launcher import load_step
+
+step_03 = load_step("03_chat")
 
 
 class NaiveHub:

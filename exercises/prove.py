@@ -5,14 +5,13 @@
 - A break-it exercise (`break.patch`, `must_fail.txt`): the step's test named in `must_fail.txt`
   passes on the untouched step and fails once the defence is removed.
 
-Each folder here whose name starts with the step's number is an exercise: adding one is adding a
-folder. Each check runs pytest in a subprocess on a copy of the step, which the environment
-points the harness at (`STEP_FOLDER_<step>`, see tests/harness.py). The untouched copy of a step
-is shared by the exercises a process proves; a patched copy belongs to one exercise.
+The exercises are the ones steps.toml lists for each step. Each check runs pytest in a subprocess
+on a copy of the step, which the environment points the launcher at (`STEP_FOLDER_<step>`, see
+toolkit/launcher.py). The untouched copy of a step is shared by the exercises a process proves; a
+patched copy belongs to one exercise.
 """
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,15 +19,17 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-EXERCISES = sorted(folder for folder in HERE.iterdir() if re.match(r"\d\d-\w+_", folder.name))
+from toolkit.course import ROOT, load
+
+COURSE = load()
+EXERCISES = [
+    ROOT / "exercises" / exercise for step in COURSE.steps.values() for exercise in step.exercises
+]
 
 
 def step_of(exercise: Path) -> Path:
-    """The step folder an exercise belongs to: 03-1_per_address_limit belongs to steps/03_*."""
-    (step,) = (ROOT / "steps").glob(exercise.name[:2] + "_*")
-    return step
+    """The step folder an exercise belongs to."""
+    return COURSE.exercise_step(exercise.name).path
 
 
 def copy_step(step: Path, into: Path) -> Path:

@@ -1,158 +1,71 @@
 """Serve a course step from a notebook: `server = lab.serve("01_echo")`.
 
 The step's app.py is loaded afresh on every call (so a notebook can run twice in one kernel) and
-served by Werkzeug in a background thread on a free port, which it prints for your browser.
-Step 05 is about separate processes: `lab.run("05_scale_out")` starts `python app.py` as one,
-and `lab.redis_server()` a private Redis for them. Step 06's notebook compares four ways to
+served by Werkzeug in a background thread on a free port, which it prints for your browser (the
+course's toolkit does both: toolkit/launcher.py). Step 05 is about separate processes:
+`lab.run("05_scale_out")` starts `python app.py` as one, and `lab.redis_server()` a private Redis
+for them. Step 06's notebook compares four ways to
 push a clock in a real Chromium: `pages = await lab.open_clock_pages()`.
 """
 
 import asyncio
-import importlib.util
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pandas
 from playwright.async_api import async_playwright
-from werkzeug.serving import WSGIRequestHandler, make_server
 
-STEPS = Path(__file__).resolve().parent.parent / "steps"
+from toolkit.launcher import ROOT, RedisServer, StepServer, ThreadServer, load_step
 
-
-class QuietHandler(WSGIRequestHandler):
-    """No request log in the notebook's output: it would bury what the cells print.
-
-    (Werkzeug also logs a spurious "Bad request syntax" when a WebSocket closes.)
-    """
-
-    def log(self, *args) -> None:
-        pass
+STEPS = ROOT / "steps"
 
 
-class StepServer:
-    def __init__(self, step: str, **env):
-        os.environ.update({name: str(value) for name, value in env.items()})
+class LabServer(ThreadServer):
+    """A step's app served in this kernel: `.module` is its app.py, `.app` its Flask app."""
+
+    def __init__(self, step: str):
         self.module = load_step(step)
-        self.app = self.module.app
-        self._server = make_server(
-            "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
-        )
-        self.port = self._server.port
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        # Steps 07 and on build their app in create_app(); the earlier ones at import.
+        create_app = getattr(self.module, "create_app", None)
+        super().__init__(create_app() if create_app else self.module.app)
+        self.url += "/"  # the page's address, for the browser and for `server.url + "login"`
         print(f"Step {step} is serving at {self.url} (open it in your browser)")
 
     def stop(self) -> None:
         """Stop accepting connections. Open sockets end when their handlers return."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        super().stop()
         print(f"Stopped {self.url}")
 
 
-def serve(step: str, **env) -> StepServer:
-    """Serve steps/<step>/app.py; keyword arguments become environment variables first."""
-    return StepServer(step, **env)
+def serve(step: str, **env) -> LabServer:
+    """Serve steps/<step>/app.py in this kernel; keyword arguments become environment variables
+    first. The app is loaded afresh on every call, so a notebook can run twice in one kernel."""
+    os.environ.update({name: str(value) for name, value in env.items()})
+    return LabServer(step)
 
 
-def load_step(step: str):
-    folder = STEPS / step
-    # A step may import its own modules (step 03's hub.py), so its folder goes first on the path,
-    # and a module left over from another step must not be reused.
-    sys.path.insert(0, str(folder))
-    try:
-        for name in [path.stem for path in folder.glob("*.py")]:
-            sys.modules.pop(name, None)
-        spec = importlib.util.spec_from_file_location(f"step_{step}", folder / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # Flask finds templates/ through the module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
-
-
-class Process:
-    """A program in a process of its own, working and logging in `folder`, stopped by its PID.
-
-    `kill()` and `start()` restart it on the same port; `stop()` also removes its folder.
-    """
-
-    def __init__(self, command: list[str], port: int, env: dict, folder: str):
-        self.command, self.port = command, port
-        self.env = {**os.environ, **{key: str(value) for key, value in env.items()}}
-        self.url = f"http://127.0.0.1:{port}/"
-        self.ws_url = f"ws://127.0.0.1:{port}"
-        self.folder = Path(folder)
-        self.start()
-
-    def start(self) -> float:
-        """Start the program; return the time (time.time()) it accepts connections."""
-        with (self.folder / "output.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while not _accepts(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.command[0]} did not start:\n{self.log()}")
-            time.sleep(0.02)
-        return time.time()
-
-    def log(self) -> str:
-        return (self.folder / "output.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def run(step: str, script: str = "app.py", **env) -> Process:
-    """`python steps/<step>/<script>` in a process of its own on a free port, as `make` runs it."""
-    port = _free_port()
-    server = Process(
-        [sys.executable, str(STEPS / step / script)],
-        port,
-        {"HOST": "127.0.0.1", "PORT": port, **env},
-        tempfile.mkdtemp(prefix=f"lab-{step}-"),
-    )
-    print(f"Step {step} is serving at {server.url} (process {server.process.pid})")
+def run(step: str, script: str = "app.py", **env) -> StepServer:
+    """`python steps/<step>/<script>` in a process of its own on a free port, as `make` runs it.
+    `.stop()` kills it, `.start()` starts it again on the same port."""
+    folder = Path(tempfile.mkdtemp(prefix=f"lab-{step}-"))
+    command = [sys.executable, str(STEPS / step / script)]
+    server = StepServer(step, folder, command=command, **env)
+    server.start()
+    print(f"Step {step} is serving at {server.url}/ (process {server.process.pid})")
     return server
 
 
-def redis_server() -> Process:
-    """A private redis-server on a free port that saves nothing; its URL is `.redis_url`."""
-    program = shutil.which("redis-server")
-    if program is None:
-        raise RuntimeError("Step 05 needs redis-server: sudo apt-get install redis-server")
-    port, folder = _free_port(), tempfile.mkdtemp(prefix="lab-redis-")
-    command = [program, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder]
-    redis = Process([*command, "--save", "", "--appendonly", "no"], port, {}, folder)
-    redis.redis_url = f"redis://127.0.0.1:{port}/0"
-    print(f"A private Redis answers at {redis.redis_url}")
+def redis_server() -> RedisServer:
+    """A private redis-server on a free port that saves nothing; its URL is `.url`."""
+    redis = RedisServer(Path(tempfile.mkdtemp(prefix="lab-redis-")))
+    redis.start()
+    print(f"A private Redis answers at {redis.url}")
     return redis
 
 
@@ -186,7 +99,7 @@ def chromium_path() -> str | None:
     """The Chromium that `make lab` and `make test` found (tests/find-browser.sh puts it in
     CHROMIUM_PATH); without make, that script's answer. None: Playwright's own download."""
     if "CHROMIUM_PATH" not in os.environ:
-        find_browser = ["bash", str(STEPS.parent / "tests" / "find-browser.sh"), sys.executable]
+        find_browser = ["bash", str(ROOT / "tests" / "find-browser.sh"), sys.executable]
         found = subprocess.run(find_browser, capture_output=True, text=True)
         if found.returncode:
             raise RuntimeError(found.stderr)  # what to install
@@ -292,9 +205,10 @@ class ClockPage:
         """Kill the server, keep it down for `down` seconds, start it again on the same port."""
         before = len(await self.updates())
         killed = time.time()
-        self.server.kill()
+        self.server.stop()
         await asyncio.sleep(down)
-        back = await asyncio.to_thread(self.server.start)
+        await asyncio.to_thread(self.server.start)
+        back = time.time()
         await self.wait_for_updates(before + 1)
         # Request times are taken here, when Playwright reports them, which may be after the page
         # has shown the update: count up to now, not up to the update's time in the page.
@@ -349,17 +263,3 @@ async def open_clock_pages() -> ClockPages:
     pages = await ClockPages().open()
     print("Four pages open in Chromium, each showing its clock.")
     return pages
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False

@@ -1,10 +1,12 @@
 """Step 01: the echo page and the /echo socket behind it."""
 
 import pytest
-from harness import StepServer, no_reload
 from playwright.sync_api import expect
 from simple_websocket import Client, ConnectionClosed
 from websockets.sync.client import connect
+
+from toolkit.launcher import StepServer
+from toolkit.pages import no_reload
 
 MAX_MESSAGE_BYTES = 64 * 1024
 

@@ -8,9 +8,11 @@ from urllib.request import urlopen
 
 import psutil
 import pytest
-from harness import RECONNECT_TIMEOUT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
+
+from toolkit.launcher import StepServer, wait_until
+from toolkit.pages import RECONNECT_TIMEOUT, no_reload
 
 INTERVAL = 0.2  # CLOCK_INTERVAL for the shared server: a tick five times a second
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"

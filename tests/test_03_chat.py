@@ -9,7 +9,12 @@ from contextlib import ExitStack
 
 import psutil
 import pytest
-from chat_clients import (
+from playwright.sync_api import expect
+from simple_websocket import Client, ConnectionClosed
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.sync.client import connect
+
+from toolkit.clients import (
     FLOOD,
     ONLINE,
     SEND_BURST,
@@ -31,11 +36,8 @@ from chat_clients import (
     texts,
     tiny_buffer_socket,
 )
-from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
-from playwright.sync_api import expect
-from simple_websocket import Client, ConnectionClosed
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
-from websockets.sync.client import connect
+from toolkit.launcher import StepServer, wait_until
+from toolkit.pages import RECONNECT_TIMEOUT, XSS, no_reload
 
 STEP = "03_chat"
 MAX_MESSAGE_BYTES = 64 * 1024

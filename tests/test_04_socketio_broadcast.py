@@ -1,9 +1,7 @@
 """Step 04: the Socket.IO chat, its broadcast, presence, clock, limits and acknowledged errors."""
 
-import importlib.util
 import json
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
-from chat_clients import (
+from playwright.sync_api import expect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from toolkit.clients import (
     FLOOD,
     QUEUE,
     ROOM_CHECK,
@@ -32,10 +34,8 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, step_folder, wait_until
-from playwright.sync_api import expect
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
+from toolkit.launcher import StepServer, load_step, wait_until
+from toolkit.pages import RECONNECT_TIMEOUT, XSS, no_reload
 
 STEP = "04_socketio_broadcast"
 
@@ -45,13 +45,8 @@ STEP = "04_socketio_broadcast"
 
 @pytest.fixture(scope="module")
 def step():
-    """The step's app.py imported as a module (its folder name is not a Python identifier)."""
-    spec = importlib.util.spec_from_file_location("step04_app", step_folder(STEP) / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Flask finds templates/ through the module's file
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    """The step's app.py, imported as a module."""
+    return load_step(STEP)
 
 
 @pytest.fixture

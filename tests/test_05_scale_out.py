@@ -2,14 +2,11 @@
 
 import contextlib
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +15,9 @@ from contextlib import ExitStack
 
 import psutil
 import pytest
-import redis
-from chat_clients import (
+from playwright.sync_api import expect
+
+from toolkit.clients import (
     FLOOD,
     QUEUE,
     ROOM_CHECK,
@@ -28,6 +26,7 @@ from chat_clients import (
     TOO_FAST,
     Listener,
     SocketIOByHand,
+    announce,
     check_no_listener_was_dropped_or_delayed,
     frames_to_fill_the_kernel_buffers,
     messages,
@@ -38,83 +37,29 @@ from chat_clients import (
     socketio_counts,
     socketio_texts,
 )
-from harness import (
+from toolkit.fixtures import need_tools
+from toolkit.launcher import (
     ROOT,
-    StepServer,
+    RedisServer,
     accepts,
     free_port,
-    no_reload,
     path_with_only,
-    step_folder,
+    start_side_by_side,
     wait_until,
 )
-from playwright.sync_api import expect
+from toolkit.pages import no_reload
 
 STEP = "05_scale_out"
 CHANNEL = "flask-socketio"  # the channel Flask-SocketIO publishes on by default
 FAST = {"PRESENCE_INTERVAL": 0.2, "CLOCK_INTERVAL": 0.5}
 
-if shutil.which("redis-server") is None:
-    # A learner without Redis still gets every other step tested; CI (.ci/run installs
-    # redis-server) must never pass by skipping these.
-    missing = "redis-server is not installed (apt-get install redis-server)"
-    if os.environ.get("CI"):
-        pytest.fail(missing, pytrace=False)
-    pytest.skip(missing, allow_module_level=True)
-
-
-class RedisServer:
-    """A real redis-server on a free port in a temporary folder, stopped by its PID."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self, timeout=10):
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.folder), "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-        )
-        # Redis says when it is ready; a thread keeps reading so that its pipe never fills up.
-        lines = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in self.process.stdout])
-        reader.daemon = True
-        reader.start()
-        while "Ready to accept connections" not in lines.get(timeout=timeout):
-            pass
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    def client(self, **options):
-        return redis.Redis.from_url(self.url, decode_responses=True, **options)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-def start_two_servers(folder, redis_server, **env):
-    """Servers A and B sharing `redis_server`, started side by side to halve the wait."""
-    servers = [StepServer(STEP, folder, REDIS_URL=redis_server.url, **FAST, **env) for _ in "AB"]
-    with ThreadPoolExecutor() as pool:
-        list(pool.map(StepServer.start, servers))
-    return servers
+need_tools("redis-server")
 
 
 @pytest.fixture
 def two_servers(redis_server, tmp_path):
     """Servers A and B, fresh for a test that counts people or stops something."""
-    servers = start_two_servers(tmp_path, redis_server)
+    servers = start_side_by_side(STEP, 2, tmp_path, REDIS_URL=redis_server.url, **FAST)
     yield servers
     for server in servers:
         server.stop()
@@ -128,7 +73,7 @@ def shared(tmp_path_factory):
     redis_server.start()
     servers = []
     try:
-        servers = start_two_servers(folder, redis_server)
+        servers = start_side_by_side(STEP, 2, folder, REDIS_URL=redis_server.url, **FAST)
         yield redis_server, *servers
     finally:
         for server in servers:
@@ -148,16 +93,6 @@ def wait_until_subscribed(redis_server, servers, timeout=30):
         while client.pubsub_numsub(CHANNEL)[0][1] < servers:
             while not monitor.next_command()["command"].upper().startswith("SUBSCRIBE"):
                 assert time.monotonic() < deadline, "the servers did not subscribe again"
-
-
-def announce(redis_url, *args):
-    return subprocess.run(
-        [sys.executable, str(step_folder(STEP) / "announce.py"), *args],
-        env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 # --- in the browser: one chat across two servers ---
@@ -275,7 +210,9 @@ def test_a_sender_over_the_rate_limit_alone_sees_an_alert_and_nothing_more_is_br
     two_users, redis_server, tmp_path
 ):
     # Two in a row, then one every 10 s.
-    servers = start_two_servers(tmp_path, redis_server, SEND_BURST=2, SEND_RATE=0.1)
+    servers = start_side_by_side(
+        STEP, 2, tmp_path, REDIS_URL=redis_server.url, **FAST, SEND_BURST=2, SEND_RATE=0.1
+    )
     try:
         alice, bob = two_users
         open_chat(alice, servers[0], "Alice")
@@ -396,7 +333,9 @@ def test_a_client_that_never_reads_is_dropped_and_the_server_memory_stays_bounde
     reaches A through Redis. 15 MB in all; the frozen client is dropped by A once it is QUEUE
     packets behind, and A's memory stays flat.
     """
-    server_a, server_b = start_two_servers(tmp_path, redis_server, SEND_RATE=0)
+    server_a, server_b = start_side_by_side(
+        STEP, 2, tmp_path, REDIS_URL=redis_server.url, **FAST, SEND_RATE=0
+    )
     try:
         dropped_after, grown = send_past_a_frozen_client(server_a, server_b, total=2500)
     finally:

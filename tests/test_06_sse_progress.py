@@ -11,8 +11,11 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from harness import RECONNECT_TIMEOUT, StepServer, no_reload, wait_until
 from playwright.sync_api import expect
+
+from toolkit.jobs import EventStream, log_items, post_job, start_job, start_job_on_page
+from toolkit.launcher import StepServer, wait_until
+from toolkit.pages import RECONNECT_TIMEOUT, no_reload
 
 STEPS = 5  # JOB_STEPS of the shared server
 LOST = "This job was lost when the server restarted: jobs live in its memory. Start a new one."
@@ -55,71 +58,6 @@ def one_job_server(tmp_path_factory):
     yield from shared_server(
         tmp_path_factory, JOB_STEPS=3, JOB_STEP_SECONDS=0.3, MAX_JOBS=1, KEEP_FINISHED=1
     )
-
-
-# --- a raw HTTP client, as any program outside a browser would use the contract ---
-
-
-def post_job(server, origin=None):
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    connection.request("POST", "/jobs", headers={"Origin": origin} if origin else {})
-    response = connection.getresponse()
-    body = response.read().decode()
-    connection.close()
-    return response, body
-
-
-def start_job(server) -> str:
-    """Start a job and return its URL, /jobs/<id>."""
-    response, _ = post_job(server)
-    assert response.status == 201
-    return response.getheader("Location")
-
-
-class EventStream:
-    """GET <job>/events with http.client, parsed field by field as the SSE format says."""
-
-    def __init__(self, server, job_url, last_event_id=None, timeout=10):
-        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-        headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-        self.connection.request("GET", f"{job_url}/events", headers=headers)
-        self.response = self.connection.getresponse()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def close(self):
-        self.response.close()  # the response holds the socket open too
-        self.connection.close()
-
-    def next_event(self) -> dict | None:
-        """The next event as {field: value}, its data lines joined; None when the stream ends."""
-        event = {}
-        while line := self.response.readline():
-            line = line.decode().rstrip("\r\n")
-            if not line:
-                if event:
-                    return event
-            elif not line.startswith(":"):  # a comment line (the heartbeat) is no field
-                field, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if field == "data" and "data" in event:
-                    value = f"{event['data']}\n{value}"
-                event[field] = value
-        return None
-
-    def events(self, count=None) -> list[dict]:
-        """`count` events, or all of them until the stream ends."""
-        found = []
-        while count is None or len(found) < count:
-            event = self.next_event()
-            if event is None:
-                break
-            found.append(event)
-        return found
 
 
 def ids(events):
@@ -344,10 +282,6 @@ def test_a_page_from_another_site_cannot_read_a_stream_and_its_post_is_refused(
     run_to_end(job_server, job_url)
 
 
-def log_items(card):
-    return card.get_by_role("log").get_by_role("listitem")
-
-
 def every_step(steps):
     return [f"Step {step} of {steps} done" for step in range(1, steps + 1)]
 
@@ -367,15 +301,6 @@ def stream_answers(page) -> list[tuple[str, int, str | None]]:
 
     page.on("response", record)
     return answers
-
-
-def start_job_on_page(page):
-    """Click "Start a job" and return the card the answer added."""
-    cards = page.locator("article.job")
-    count = cards.count()
-    page.get_by_role("button", name="Start a job").click()
-    expect(cards).to_have_count(count + 1)
-    return cards.nth(count)
 
 
 @pytest.mark.e2e

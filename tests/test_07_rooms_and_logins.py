@@ -17,7 +17,33 @@ import psutil
 import pytest
 import requests
 import socketio
-from accounts import (
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+from playwright.sync_api import expect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as open_websocket
+
+from toolkit.clients import (
+    QUEUE,
+    SocketIOByHand,
+    engine_io_url,
+    frames_to_fill_the_kernel_buffers,
+    tiny_buffer_socket,
+)
+from toolkit.launcher import StepServer, wait_until
+from toolkit.pages import (
+    RECONNECT_TIMEOUT,
+    XSS,
+    create_room_in,
+    enter,
+    log,
+    no_reload,
+    send_message,
+    sign_in_in_browser,
+    sign_out_in_browser,
+    sign_up_in_browser,
+)
+from toolkit.people import (
     OK,
     PASSWORD,
     FromAddress,
@@ -27,31 +53,14 @@ from accounts import (
     post_form,
     presence_until,
     rows,
-    send_message,
     send_to,
     sign_in,
-    sign_in_in_browser,
     sign_out,
-    sign_out_in_browser,
     sign_up,
-    sign_up_in_browser,
     texts_of,
     unique,
     user_id,
 )
-from chat_clients import (
-    QUEUE,
-    SocketIOByHand,
-    engine_io_url,
-    frames_to_fill_the_kernel_buffers,
-    tiny_buffer_socket,
-)
-from flask import Flask
-from flask.sessions import SecureCookieSessionInterface
-from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
-from playwright.sync_api import expect
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect as open_websocket
 
 STEP = "07_rooms_and_logins"
 NO_SUCH_ROOM = {"error": "There is no room by that name that you may enter."}
@@ -114,35 +123,10 @@ def accounts_and_rooms(server):
     ]
 
 
-def enter(page, room):
-    page.get_by_role("navigation", name="Rooms").get_by_role("link", name=room, exact=True).click()
-    expect(page.get_by_role("heading", name=room, exact=True)).to_be_visible()
-
-
-def log(page, room):
-    return page.get_by_role("log", name=f"Messages in {room}")
-
-
 def shown_ids(page, room):
     return page.locator(f"section[data-room='{room}'] li").evaluate_all(
         "items => items.map((item) => Number(item.dataset.id))"
     )
-
-
-def create_room_in(page, members=()):
-    """Create a private room from the chat page, add members on its page, and come back."""
-    room = unique("plans")
-    page.get_by_label("Room name").fill(room)
-    page.get_by_role("button", name="Create room").click()
-    expect(page.get_by_role("heading", name=room)).to_be_visible()
-    page.get_by_role("link", name="Members").click()
-    for member in members:
-        page.get_by_label("Username").fill(member)
-        page.get_by_role("button", name="Add member").click()
-        expect(page.get_by_role("listitem").filter(has_text=member)).to_be_visible()
-    page.get_by_role("link", name=f"Back to {room}").click()
-    expect(page.locator("#status")).to_have_text("connected")
-    return room
 
 
 def expect_every_message_once_in_id_order(server, page, room):

@@ -1,7 +1,8 @@
 """Step 08: the chat and the job stream through a real nginx, over HTTPS and HTTP/2, on two gunicorn
 servers sharing a real Redis; rolling restarts and a Redis outage; `make step-08` itself.
 
-Every request goes through nginx (stack_08.Stack starts the Procfile's processes on free ports).
+Every request goes through nginx (toolkit.stack.Stack starts the Procfile's processes on free
+ports).
 Browser contexts accept the self-signed certificate, as a learner does once in the browser.
 """
 
@@ -23,7 +24,21 @@ from urllib.parse import urlencode, urlsplit
 import psutil
 import pytest
 import redis
-from accounts import (
+from playwright.sync_api import expect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as open_websocket
+
+from toolkit.clients import (
+    QUEUE,
+    SocketIOByHand,
+    frames_to_fill_the_kernel_buffers,
+    tiny_buffer_socket,
+)
+from toolkit.fixtures import need_tools
+from toolkit.jobs import delays_through_nginx, https_connection, start_job_as
+from toolkit.launcher import ROOT, free_port, path_with_only, wait_until
+from toolkit.pages import RECONNECT_TIMEOUT, no_reload, send_message, sign_up_in_browser
+from toolkit.people import (
     OK,
     FromAddress,
     create_room,
@@ -31,55 +46,22 @@ from accounts import (
     messages_until,
     post_form,
     presence_until,
-    send_message,
     send_to,
     session,
     sign_up,
-    sign_up_in_browser,
     texts_of,
     unique,
     user_id,
 )
-from chat_clients import (
-    QUEUE,
-    SocketIOByHand,
-    frames_to_fill_the_kernel_buffers,
-    tiny_buffer_socket,
-)
-from harness import RECONNECT_TIMEOUT, ROOT, free_port, no_reload, path_with_only, wait_until
-from playwright.sync_api import expect
-from stack_08 import Stack
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect as open_websocket
+from toolkit.stack import SHARED_SETTINGS, TOOLS, Stack
 
-# The shared stack: a short nginx timeout (so the idle test is quick), pings and heartbeats
-# well inside it, and jobs that run longer than any test.
-SHARED = {
-    "PROXY_READ_TIMEOUT": "2s",
-    "PING_INTERVAL": 1,
-    "HEARTBEAT": 0.5,
-    "JOB_STEPS": 1000,
-    "JOB_STEP_SECONDS": 0.2,
-    "MAX_JOBS": 50,
-    "SEND_RATE": 0,
-    "CONNECTIONS_PER_ADDRESS": 40,  # ten pages of one browser need about 30
-    "SIGN_INS_PER_MINUTE": 600,  # 10 a second, after a burst of 10
-    # A connection that has not signed in is closed after 3 s, not 5: the test of that waits
-    # less, and test_one_address_... still has time to open its 41 sockets (0.8 s measured on a
-    # busy machine), none of which signs in.
-    "SIGN_IN_TIME": 3,
-}
+STEP = "08_production"
+
 IDLE_SECONDS = 6  # three times the shared stack's proxy_read_timeout
 REFUSED = '44{"message":"You are not signed in: sign in again."}'  # Socket.IO's connect error
 LOST = "This job was lost: the server running it stopped before it finished. Start a new one."
 
-missing = [tool for tool in ("nginx", "openssl", "redis-server") if shutil.which(tool) is None]
-if missing:
-    # CI installs them (.ci/run); a learner without them still gets every other step tested.
-    reason = f"step 08 needs {', '.join(missing)} (apt-get install nginx openssl redis-server)"
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+need_tools(*TOOLS)  # CI installs them (.ci/run)
 
 
 @pytest.fixture(scope="session")
@@ -90,14 +72,14 @@ def browser_context_args(browser_context_args):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """The whole stack, shared by the tests that stop nothing."""
-    with Stack(tmp_path_factory.mktemp("stack"), **SHARED) as shared:
+    with Stack(STEP, tmp_path_factory.mktemp("stack"), **SHARED_SETTINGS) as shared:
         yield shared
 
 
 @pytest.fixture
 def own_stack(tmp_path):
     """A stack for one test that stops some of it."""
-    with Stack(tmp_path, SEND_RATE=0, HEARTBEAT=0.5) as stack:
+    with Stack(STEP, tmp_path, SEND_RATE=0, HEARTBEAT=0.5) as stack:
         yield stack
 
 
@@ -234,7 +216,10 @@ def websocket_from(stack, address):
 
 
 def test_one_address_gets_at_most_connections_per_address_sockets(stack):
-    sockets = [websocket_from(stack, "127.0.0.7") for _ in range(SHARED["CONNECTIONS_PER_ADDRESS"])]
+    sockets = [
+        websocket_from(stack, "127.0.0.7")
+        for _ in range(SHARED_SETTINGS["CONNECTIONS_PER_ADDRESS"])
+    ]
     try:
         with pytest.raises(InvalidStatus) as refused:
             websocket_from(stack, "127.0.0.7")
@@ -288,7 +273,7 @@ def test_connections_that_do_not_sign_in_are_closed_by_the_app_server_through_ng
     # close frame is the app's, passed on by nginx: nginx itself closes without one (after
     # proxy_read_timeout, when a client does not answer the pings and the app goes quiet: so
     # each connection is read at once, in a thread of its own).
-    deadline = opened + SHARED["SIGN_IN_TIME"] + 5
+    deadline = opened + SHARED_SETTINGS["SIGN_IN_TIME"] + 5
     websockets = [client.ws for client in refused] + silent
     with ThreadPoolExecutor(len(websockets)) as pool:
         closed = list(
@@ -374,31 +359,18 @@ def send_pongs(websocket):
     with contextlib.suppress(ConnectionClosed, OSError):
         while True:
             websocket.send("3")
-            time.sleep(SHARED["PING_INTERVAL"])
+            time.sleep(SHARED_SETTINGS["PING_INTERVAL"])
 
 
 # --- the job stream through nginx ---
 
 
-def start_job(stack, user):
-    """POST /jobs from the jobs page, as its button does; the new job's id."""
-    response = post_form(user.http, stack, "/jobs", "/jobs")
-    assert response.status_code == 201, response.text
-    return urlsplit(response.headers["Location"]).path.rsplit("/", 1)[1]
-
-
-def https_connection(stack):
-    """A connection to nginx with http.client, which lets a test send a request bit by bit, and
-    whose responses' read1() returns what has come."""
-    certificate = ssl.create_default_context(cafile=stack.certificate)
-    return http.client.HTTPSConnection("localhost", stack.https_port, context=certificate)
-
-
-def open_stream(stack, user, job):
-    """GET the job's events through nginx."""
-    connection = https_connection(stack)
-    connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie})
-    return connection.getresponse()
+def test_a_jobs_events_come_through_nginx_one_by_one_within_200_ms_of_being_produced(stack):
+    delays = delays_through_nginx(stack, events=8)
+    assert len(delays) >= 6, "fewer than 6 events were produced after the stream opened"
+    assert max(delays.values()) < 0.2, delays
+    slowest = max(delays.values()) * 1000
+    print(f"{len(delays)} live events, the slowest {slowest:.0f} ms after Redis")
 
 
 def test_one_user_runs_at_most_two_jobs_at_once_on_both_servers_and_others_still_can(stack):
@@ -431,48 +403,12 @@ def test_one_user_runs_at_most_two_jobs_at_once_on_both_servers_and_others_still
             assert b"You have 2 jobs running, as many as one person runs at once." in answer.read()
     for connection in connections:
         connection.close()
-    start_job(stack, bob)
-
-
-def test_a_jobs_events_come_through_nginx_one_by_one_within_200_ms_of_being_produced(stack):
-    user = sign_up(stack, unique("streamer"))
-    job = start_job(stack, user)
-    produced = {}  # event id -> when it appeared in Redis: that is when the job produced it
-    watcher = threading.Thread(target=watch_events, args=(stack, job, produced, 8), daemon=True)
-    watcher.start()
-    response = open_stream(stack, user, job)
-    assert response.headers["Content-Type"] == "text/event-stream"
-    opened = time.monotonic()
-    arrived = {}  # event id -> when its bytes came out of nginx
-    while len(arrived) < 8:
-        chunk = response.read1().decode()
-        now = time.monotonic()
-        for event_id in re.findall(r"^id: (\d+)$", chunk, re.MULTILINE):
-            arrived[int(event_id)] = now
-    watcher.join(timeout=10)
-    assert not response.isclosed()  # the stream stays open: the job has 1000 steps
-    response.close()
-    # The events produced after the stream opened (the first may have been replayed).
-    live = [event_id for event_id in arrived if produced[event_id] > opened]
-    assert len(live) >= 6
-    delays = {event_id: arrived[event_id] - produced[event_id] for event_id in live}
-    assert max(delays.values()) < 0.2, delays
-    print(f"{len(live)} live events, the slowest {max(delays.values()) * 1000:.0f} ms after Redis")
-
-
-def watch_events(stack, job, produced, count):
-    """Note the moment each of the job's first `count` events appears in Redis."""
-    redis, last = stack.redis(), "0-0"
-    while len(produced) < count:
-        for _, entries in redis.xread({f"job:{job}:events": last}, block=5000) or []:
-            for entry_id, _ in entries:
-                produced[int(entry_id.split("-")[0])] = time.monotonic()
-                last = entry_id
+    start_job_as(bob, stack)
 
 
 def test_either_app_server_streams_a_job_whichever_server_runs_it(stack):
     user = sign_up(stack, unique("jobs"))
-    job = start_job(stack, user)
+    job = start_job_as(user, stack)
     streams = []
     for app in ("app1", "app2"):  # straight to each app server, without nginx
         connection = http.client.HTTPConnection("127.0.0.1", stack.ports[app], timeout=10)

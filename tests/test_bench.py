@@ -1,22 +1,18 @@
-"""The bench (`make bench`), run small so that it cannot rot unnoticed: bench/run.py starts each
-server as the bench does, bench/loadgen.py drives it, and the figures must add up."""
+"""The bench (`make bench`), run small so that it cannot rot unnoticed: toolkit/bench.py starts
+each server as the bench does, toolkit/loadgen.py drives it, and the figures must add up."""
 
 import asyncio
 import contextlib
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from chat_clients import QUEUE, ROOM_CHECK, frames_to_fill_the_kernel_buffers
-from harness import ROOT
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-sys.path.insert(0, str(ROOT / "bench"))
-import loadgen
-import run as bench
+from toolkit import bench, loadgen
+from toolkit.clients import QUEUE, ROOM_CHECK, frames_to_fill_the_kernel_buffers
 
 # Seconds a message may take to arrive after the sender is done before it counts as lost. The
 # load generator stops waiting as soon as every message has arrived.

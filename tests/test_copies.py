@@ -1,11 +1,11 @@
 """Copies stay true: what a step carries from the step it grows from is that step's, byte for byte.
 
-Each step grows from its parent (`parent_NN` in the Makefile; step 08 also takes its jobs from
-step 06, `grafts_08`). CARRIED lists, per step, the files it carries unchanged: one byte of
-difference fails, and so does a file that is identical to the other step's but not listed, so
-the lists are exactly the truth. HELPERS does the same for the functions and classes carried in
-files that do change: each group of steps shares one spelling, word for word. No browser, no
-server: this runs in a second.
+steps.toml says, for each step, its parent, the files it carries from it unchanged (`carries`),
+and for step 08 the files it takes from step 06 (`graft`): one byte of difference fails, and so
+does a file that is identical to the other step's but not listed, so the lists are exactly the
+truth. `[helpers]` does the same for the functions and classes carried in files that do change,
+in Python and in the pages' JavaScript: each group of steps shares one spelling, word for word.
+No browser, no server: this runs in a second.
 """
 
 import ast
@@ -13,74 +13,12 @@ import re
 from collections import defaultdict
 
 import pytest
-from harness import ROOT
 
-STEPS = {path.name[:2]: path for path in (ROOT / "steps").iterdir() if path.is_dir()}
-MAKEFILE = (ROOT / "Makefile").read_text()
+from toolkit.course import load
 
-# step -> {the step it takes files from: the files it carries unchanged from it}
-CARRIED = {
-    "02": {"01": []},
-    "03": {"02": []},
-    "04": {"03": ["static/style.css"]},
-    "05": {"04": []},
-    "06": {"02": []},
-    "07": {"04": []},
-    "08": {
-        "07": [
-            ".gitignore",
-            "common_passwords.txt",
-            "db.py",
-            "forms.py",
-            "rooms.py",
-            "schema.sql",
-            "static/style.css",
-            "templates/_field.html",
-            "templates/account.html",
-            "templates/members.html",
-        ],
-        "06": ["templates/_error.html", "templates/_progress.html", "templates/_step.html"],
-    },
-}
-
-# The functions and classes that more than one step defines identically (in files not carried
-# whole), with every step that defines each: a group of steps shares one spelling; a step alone
-# in its group has a version of its own.
-HELPERS = {
-    "SendLimit": ["03 04 05 07 08"],
-    "read_message": ["03", "04 05", "07 08"],  # a frame of JSON; a name and data; a room and text
-    "on_connect": ["04 05", "07", "08"],
-    "on_disconnect": ["04 05", "07", "08"],
-    "on_send_message": ["04", "05", "07 08"],
-    "count_online": ["04 05"],
-    "clock_time": ["04 05"],
-    "now": ["02 06"],
-    "sse_event": ["06 08"],
-    "plain_text": ["06 08"],
-    "session_key": ["07 08"],
-    "Visitor": ["07 08"],
-    "visitor_required": ["07 08"],
-    # Step 08 notes who joined (its presence tells a page that joined alone when the names did
-    # not change: 10,000 pages join in a storm); step 07 notes the room.
-    "on_join": ["07", "08"],
-    "may_enter": ["07 08"],
-    "missed": ["07 08"],
-    "start_tasks": ["07 08"],
-    "add_security_headers": ["07 08"],
-    # accounts.py: step 08 hashes passwords in gevent's thread pool, the rest is step 07's
-    "User": ["07 08"],
-    "token_hash": ["07 08"],
-    "load_user": ["07 08"],
-    "refused": ["07 08"],
-    "username_tried": ["07 08"],
-    "sign_in": ["07 08"],
-    "too_many_attempts": ["07 08"],
-    "account_page": ["07 08"],
-    "logout": ["07 08"],
-    "sent_as_an_event": ["04 05", "07 08"],
-    "look_after_connections": ["07 08"],
-    "drop_clients_behind": ["04", "05", "07 08"],
-}
+COURSE = load()
+STEPS = {number: step.path for number, step in COURSE.steps.items()}
+SOURCES = [(number, source) for number, step in COURSE.steps.items() for source in step.sources]
 
 
 def files(step: str) -> set[str]:
@@ -98,19 +36,15 @@ def same(step: str, source: str, path: str) -> bool:
     return (STEPS[step] / path).read_bytes() == (STEPS[source] / path).read_bytes()
 
 
-def test_each_step_takes_files_from_its_parent_as_the_makefile_says():
-    parents = dict(re.findall(r"^parent_(\d\d) := (\d\d)$", MAKEFILE, re.MULTILINE))
-    grafts = dict(re.findall(r"^grafts_(\d\d) := (\d\d) ", MAKEFILE, re.MULTILINE))
-    assert set(parents) == set(STEPS) - {"01"}
-    for step, sources in CARRIED.items():
-        assert set(sources) == {parents[step]} | ({grafts[step]} if step in grafts else set())
+def test_every_step_folder_is_in_steps_toml_and_every_parent_comes_first():
+    assert sorted(STEPS.values()) == sorted(STEPS["01"].parent.glob("[0-9][0-9]_*"))
+    for number, step in COURSE.steps.items():
+        assert all(source < number for source in step.sources), f"step {number} grows from later"
 
 
-@pytest.mark.parametrize(
-    ("step", "source"), [(step, source) for step in CARRIED for source in CARRIED[step]]
-)
+@pytest.mark.parametrize(("step", "source"), SOURCES)
 def test_a_carried_file_is_byte_for_byte_the_one_it_comes_from(step, source):
-    listed = CARRIED[step][source]
+    listed = COURSE.steps[step].sources[source]
     changed = [path for path in listed if path not in files(step) or not same(step, source, path)]
     assert not changed, f"step {step} changes what it says it carries from step {source}"
     unlisted = sorted(
@@ -118,31 +52,59 @@ def test_a_carried_file_is_byte_for_byte_the_one_it_comes_from(step, source):
         for path in files(step) & files(source)
         if same(step, source, path) and path not in listed
     )
-    assert not unlisted, f"step {step} carries these from step {source}: add them to CARRIED"
+    assert not unlisted, f"step {step} carries these from step {source}: add them to steps.toml"
+
+
+def test_a_graft_takes_files_its_source_has():
+    for number, step in COURSE.steps.items():
+        if step.graft:
+            missing = set(step.graft.takes) - files(step.graft.source)
+            assert not missing, f"step {number} takes from step {step.graft.source}: {missing}"
+            assert set(step.graft.carries) <= set(step.graft.takes)
+
+
+# A top-level function of a page's script, or a handler of one of its socket's events: from its
+# first line to the first line after it that closes a block at the margin.
+JS_DEFINITION = re.compile(r'^(?:async )?function (\w+)|^socket\.on\("([^"]+)"', re.MULTILINE)
+
+
+def js_definitions(text: str, file: str) -> dict[str, str]:
+    found = {}
+    for match in JS_DEFINITION.finditer(text):
+        end = text.index("\n}", match.start()) + len("\n}")
+        end = text.index("\n", end) if "\n" in text[end:] else len(text)
+        name = match[1] or f"on {match[2]}"
+        found[f"{file}:{name}"] = text[match.start() : end]
+    return found
 
 
 def definitions(step: str) -> dict[str, list[str]]:
     """Name -> the source (decorators included) of each top-level function and class of the
-    step's Python files, except those it carries whole."""
-    carried = {path for paths in CARRIED.get(step, {}).values() for path in paths}
+    step's Python files, and of each function and socket handler of its scripts (as
+    `chat.js:render`, `chat.js:on connect`), except in the files it carries whole."""
+    carried = {path for paths in COURSE.steps[step].sources.values() for path in paths}
     found = defaultdict(list)
     for path in sorted(files(step) - carried):
+        text = (STEPS[step] / path).read_text() if path.endswith((".py", ".js")) else ""
         if path.endswith(".py"):
-            lines = (STEPS[step] / path).read_text().splitlines()
-            for node in ast.parse("\n".join(lines)).body:
+            lines = text.splitlines()
+            for node in ast.parse(text).body:
                 if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                     start = min([node.lineno] + [d.lineno for d in node.decorator_list])
                     found[node.name].append("\n".join(lines[start - 1 : node.end_lineno]))
+        elif path.endswith(".js"):
+            for name, source in js_definitions(text, path.rsplit("/", 1)[-1]).items():
+                found[name].append(source)
     return found
 
 
 DEFINITIONS = {step: definitions(step) for step in STEPS}
 
 
-@pytest.mark.parametrize("name", HELPERS)
+@pytest.mark.parametrize("name", COURSE.helpers)
 def test_a_carried_helper_has_one_spelling_in_each_group_of_steps(name):
     defined_in = {step for step in STEPS if name in DEFINITIONS[step]}
-    groups = [group.split() for group in HELPERS[name]]
+    groups = [group.split() for group in COURSE.helpers[name]]
     assert defined_in == {step for group in groups for step in group}
     spellings = []
     for group in groups:
@@ -158,5 +120,6 @@ def test_every_helper_spelled_alike_in_two_steps_is_listed():
         for name, sources in found.items():
             for source in sources:
                 spelled_by[name, source].add(step)
-    shared = sorted({name for (name, _), steps in spelled_by.items() if len(steps) > 1})
-    assert not set(shared) - set(HELPERS), "add these to HELPERS"
+    shared = {name for (name, _), steps in spelled_by.items() if len(steps) > 1}
+    unlisted = sorted(shared - set(COURSE.helpers))
+    assert not unlisted, f"add these to [helpers] in steps.toml: {unlisted}"

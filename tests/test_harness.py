@@ -1,4 +1,5 @@
-"""The test harness can fail: its guards catch a reload and a request to another origin."""
+"""The toolkit can fail: its guards catch a reload and a request to another origin; and the
+commands around the tests (make step-NN, make help, find-browser.sh) do what they say."""
 
 import contextlib
 import os
@@ -8,7 +9,9 @@ import subprocess
 from urllib.request import urlopen
 
 import pytest
-from harness import ROOT, OriginGuard, free_port, no_reload, wait_until
+
+from toolkit.launcher import ROOT, free_port, wait_until
+from toolkit.pages import OriginGuard, no_reload
 
 
 @pytest.mark.e2e
@@ -93,10 +96,9 @@ def test_find_browser_refuses_a_chromium_path_that_is_not_a_program():
 
 
 def test_a_test_that_can_launch_a_browser_must_be_marked_e2e(pytester):
-    """conftest.py refuses to collect a test that uses Playwright's fixtures without the mark:
-    `make test-fast` leaves out e2e tests, and runs where no browser is found."""
-    for name in ("conftest.py", "harness.py", "accounts.py", "chat_clients.py"):  # and its imports
-        pytester.makefile(".py", **{name.removesuffix(".py"): (ROOT / "tests" / name).read_text()})
+    """The course's fixtures refuse to collect a test that uses Playwright's fixtures without the
+    mark: `make test-fast` leaves out e2e tests, and runs where no browser is found."""
+    pytester.makeconftest('pytest_plugins = ["toolkit.fixtures"]')
     pytester.makeini("[pytest]\nmarkers =\n    e2e: drives a real browser\n")
     pytester.makepyfile(
         test_tiers="""

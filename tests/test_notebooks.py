@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT
+
+from toolkit.launcher import ROOT
 
 # Run once: the slowest, whose second run would check little that the others do not. The
 # notebooks of steps 01 to 03 (which serve in the kernel through lab.py, as 04, 06 and 07 do) and

@@ -15,12 +15,14 @@ import sys
 from contextlib import ExitStack
 
 import pytest
-from accounts import sign_up_in_browser
-from chat_clients import messages, online_count, open_chat, say
-from harness import RECONNECT_TIMEOUT, ROOT, StepServer, no_reload
 from PIL import Image
 from playwright.sync_api import expect
-from stack_08 import Stack
+
+from toolkit.clients import announce, messages, online_count, open_chat, say
+from toolkit.fixtures import need_tools
+from toolkit.launcher import ROOT, RedisServer, StepServer, start_side_by_side
+from toolkit.pages import RECONNECT_TIMEOUT, no_reload, sign_up_in_browser
+from toolkit.stack import TOOLS, Stack
 
 pytestmark = pytest.mark.e2e  # every test here drives a browser
 
@@ -268,14 +270,14 @@ class TestStep04SocketioBroadcast:
 @pytest.fixture(scope="class")
 def redis_and_two_servers(tmp_path_factory):
     """Step 05 as its own tests start it: Redis, servers A and B; and an announce(text)."""
-    from test_05_scale_out import RedisServer, announce, start_two_servers  # skips without Redis
-
+    need_tools("redis-server")
     folder = tmp_path_factory.mktemp("05_scale_out")
     with ExitStack() as stop_later:
-        redis_server = RedisServer(folder)
-        redis_server.start()
-        stop_later.callback(redis_server.stop)
-        servers = start_two_servers(folder, redis_server)
+        redis_server = stop_later.enter_context(RedisServer(folder))
+        settings = {"PRESENCE_INTERVAL": 0.2, "CLOCK_INTERVAL": 0.5}
+        servers = start_side_by_side(
+            "05_scale_out", 2, folder, REDIS_URL=redis_server.url, **settings
+        )
         for server in servers:
             stop_later.callback(server.stop)
         yield (lambda text: announce(redis_server.url, text)), *servers
@@ -440,10 +442,9 @@ class TestStep07RoomsAndLogins:
 @pytest.fixture(scope="class")
 def stack(tmp_path_factory):
     """Step 08's stack, as its own tests start it (and skip it without nginx or Redis)."""
-    import test_08_production  # noqa: F401 (its import skips, or fails in CI, if tools are missing)
-
+    need_tools(*TOOLS)
     settings = {"JOB_STEPS": 4, "JOB_STEP_SECONDS": 0.5, "MAX_JOBS": 1, "SEND_RATE": 0}
-    with Stack(tmp_path_factory.mktemp("08_production"), **settings) as stack:
+    with Stack("08_production", tmp_path_factory.mktemp("08_production"), **settings) as stack:
         yield stack
 
 

@@ -5,7 +5,8 @@ folder is shown; none is large. `make pictures` takes them again (tests/test_pag
 import re
 
 import pytest
-from harness import ROOT
+
+from toolkit.launcher import ROOT
 
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")  # ![alt text](path)
 SECTION = re.compile(r"^## What you should see\n(.*?)(?=^## |\Z)", re.M | re.S)

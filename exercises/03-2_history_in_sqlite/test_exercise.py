@@ -1,7 +1,8 @@
 """Exercise 03-2: the history survives a restart, kept in SQLite."""
 
-from chat_clients import chat_frame, next_messages, texts
 from websockets.sync.client import connect
+
+from toolkit.clients import chat_frame, next_messages, texts
 
 
 def test_a_newcomer_after_a_restart_receives_the_messages_sent_before_it(serve, tmp_path):

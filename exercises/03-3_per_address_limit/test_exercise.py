@@ -1,7 +1,8 @@
 """Exercise 03-3: the rate limit counts every connection from one address together."""
 
-from chat_clients import ALERT, chat_frame, messages_in, next_messages
 from websockets.sync.client import connect
+
+from toolkit.clients import ALERT, chat_frame, messages_in, next_messages
 
 
 def next_message_or_alert(ws, sender):

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from chat_clients import SocketIOByHand
+
+from toolkit.clients import SocketIOByHand
 
 
 @pytest.fixture

@@ -4,9 +4,23 @@ import os
 import subprocess
 import sys
 
-from chat_clients import SocketIOByHand
-from harness import step_folder, wait_until
-from test_05_scale_out import STEP, redis_server, two_servers  # noqa: F401 (fixtures)
+import pytest
+
+from toolkit.clients import SocketIOByHand
+from toolkit.launcher import start_side_by_side, step_folder, wait_until
+
+STEP = "05_scale_out"
+
+
+@pytest.fixture
+def two_servers(redis_server, tmp_path):
+    """Servers A and B of the step, sharing `redis_server`, as the step's own tests start them."""
+    servers = start_side_by_side(
+        STEP, 2, tmp_path, REDIS_URL=redis_server.url, PRESENCE_INTERVAL=0.2
+    )
+    yield servers
+    for server in servers:
+        server.stop()
 
 
 def who(redis_url):
@@ -19,7 +33,7 @@ def who(redis_url):
     )
 
 
-def test_who_py_prints_each_servers_count_and_the_total(redis_server, two_servers):  # noqa: F811
+def test_who_py_prints_each_servers_count_and_the_total(redis_server, two_servers):
     server_a, server_b = two_servers
     clients = [SocketIOByHand(server) for server in (server_a, server_a, server_b)]
     expected = [f"127.0.0.1:{server_a.port} 2", f"127.0.0.1:{server_b.port} 1", "total 3"]

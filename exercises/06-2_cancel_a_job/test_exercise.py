@@ -5,7 +5,8 @@ import re
 
 import pytest
 from playwright.sync_api import expect
-from test_06_sse_progress import EventStream, log_items, start_job, start_job_on_page
+
+from toolkit.jobs import EventStream, log_items, start_job, start_job_on_page
 
 STEPS = 50  # 10 s of work: a cancelled job stops long before its end
 CANCELLED = re.compile(rf"Cancelled after step (\d+) of {STEPS}")

@@ -1,10 +1,10 @@
 """Exercise 07-2: a member added to a private room sees it on their open page at once."""
 
 import pytest
-from accounts import send_message, sign_up_in_browser, unique
-from harness import no_reload
 from playwright.sync_api import expect
-from test_07_rooms_and_logins import create_room_in, enter, log
+
+from toolkit.pages import create_room_in, enter, log, no_reload, send_message, sign_up_in_browser
+from toolkit.people import unique
 
 
 @pytest.mark.e2e

@@ -1,7 +1,8 @@
 """Exercise 07-4: one address opens at most SIGN_UPS accounts (here 3 an hour); then 429."""
 
 import requests
-from accounts import PASSWORD, FromAddress, post_form, unique
+
+from toolkit.people import PASSWORD, FromAddress, post_form, unique
 
 
 def sign_up_from(server, address):

@@ -4,9 +4,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from accounts import sign_up
-from chat_clients import SocketIOByHand
-from stack_08 import Stack
+
+from toolkit.clients import SocketIOByHand
+from toolkit.people import sign_up
+from toolkit.stack import Stack
 
 OK = {"ok": True}
 
@@ -14,7 +15,9 @@ OK = {"ok": True}
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     """Step 08's stack with a rate limit: 10 messages at once, then 1 a second (per user)."""
-    with Stack(tmp_path_factory.mktemp("limited"), SEND_BURST=10, SEND_RATE=1) as stack:
+    with Stack(
+        "08_production", tmp_path_factory.mktemp("limited"), SEND_BURST=10, SEND_RATE=1
+    ) as stack:
         yield stack
 
 

@@ -1,4 +1,4 @@
-"""The chat steps' test helpers (03, 04, 05): one name for each thing, whatever the protocol.
+"""Clients of the chat steps (03, 04, 05 and on): one name for each thing, whatever the protocol.
 
 - In the browser, the three pages have the same labels and roles: `open_chat`, `say`,
   `messages`, `online_count`.
@@ -11,16 +11,20 @@
 
 import html
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 
 import psutil
-from harness import wait_until
 from playwright.sync_api import expect
 from websockets.sync.client import connect
+
+from toolkit.launcher import step_folder, wait_until
 
 # The defaults of the three steps: the rate limit and what it tells the sender, how many frames a
 # client may fall behind (QUEUE), and how often steps 04 and 05 look at their room (ROOM_CHECK).
@@ -378,3 +382,14 @@ def send_past_a_frozen_client(frozen_at, sending_at, total, batch=20):
     finally:
         frozen.socket.close()
         sender.close()
+
+
+def announce(redis_url, *args, step="05_scale_out"):
+    """Run step 05's announce.py, which speaks to every page through Redis."""
+    return subprocess.run(
+        [sys.executable, str(step_folder(step) / "announce.py"), *args],
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

@@ -1,12 +1,11 @@
-"""Accounts and rooms of steps 07 and 08 for their tests: sign up, sign in and sign out.
+"""People of steps 07 and 08, for tests and the bench: sign up, sign in and sign out, rooms.
 
 - Over HTTP, as a script would: `sign_up`, `sign_in` and `sign_out` give or take a `Person`, whose
   requests session holds the session cookie; `post_form` submits any of the pages' forms;
   `create_room` makes a private room with members; `rows` reads the database.
-- On the wire, over a socket of conftest's `connect` (chat_clients.SocketIOByHand): `send_to`,
+- On the wire, over a socket of the `connect` fixture (clients.SocketIOByHand): `send_to`,
   `messages_until`, `presence_until`.
-- In the browser, as a person would: `sign_up_in_browser`, `sign_in_in_browser`,
-  `sign_out_in_browser`; then `send_message` on the chat page.
+(In the browser, as a person would: toolkit/pages.py.)
 
 Step 07's server and step 08's stack both have `url` (step 08's over HTTPS, with its
 self-signed `certificate`).
@@ -18,8 +17,6 @@ import sqlite3
 from dataclasses import dataclass
 
 import requests
-from harness import RECONNECT_TIMEOUT
-from playwright.sync_api import expect
 
 PASSWORD = "correct horse"
 OK = {"ok": True}  # what the server answers a join or a message it accepted
@@ -148,41 +145,3 @@ def presence_until(socket, room, names):
         if name == "presence" and data["room"] == room:
             received.append(data["names"])
     return received
-
-
-# --- in the browser ---
-
-
-def sign_up_in_browser(page, server, name=None):
-    """Sign up on the page, which lands on the chat, and wait until its socket is connected."""
-    name = name or unique("user")
-    page.goto(f"{server.url}/signup")
-    fill_in_the_form(page, name)
-    page.get_by_role("button", name="Sign up").click()
-    expect(page.locator("#status")).to_have_text("connected")
-    return name
-
-
-def sign_in_in_browser(page, server, name):
-    page.goto(f"{server.url}/login")
-    fill_in_the_form(page, name)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#status")).to_have_text("connected")
-
-
-def fill_in_the_form(page, name):
-    page.get_by_label("Username").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-
-
-def sign_out_in_browser(page):
-    page.get_by_role("button", name="Sign out").click()
-
-
-def send_message(page, text):
-    """Send a message from the chat page and wait for the server's acknowledgement: the box
-    empties then (after a reconnect, if the page is between two)."""
-    box = page.get_by_role("textbox", name="Message")
-    box.fill(text)
-    page.get_by_role("button", name="Send").click()
-    expect(box).to_have_value("", timeout=RECONNECT_TIMEOUT)

@@ -1,4 +1,4 @@
-"""Step 08's whole stack for the tests: the Procfile's processes, on free ports, as make runs them.
+"""Step 08's whole stack: the Procfile's processes, on free ports, as make runs them.
 
 `make step-08` runs every line of the Procfile under one honcho, which stops them all when one
 stops. A rolling restart stops one app server and starts it again, as systemd would on a real
@@ -14,17 +14,37 @@ import time
 from pathlib import Path
 
 import redis
-from harness import ROOT, accepts, free_port, step_folder, wait_until
 
-STEP = step_folder("08_production")  # or the copy an exercise names (harness.step_folder)
+from toolkit.launcher import ROOT, accepts, free_port, step_folder, wait_until
+
+# The shared stack: a short nginx timeout (so the idle test is quick), pings and heartbeats
+# well inside it, and jobs that run longer than any test.
+SHARED_SETTINGS = {
+    "PROXY_READ_TIMEOUT": "2s",
+    "PING_INTERVAL": 1,
+    "HEARTBEAT": 0.5,
+    "JOB_STEPS": 1000,
+    "JOB_STEP_SECONDS": 0.2,
+    "MAX_JOBS": 50,
+    "SEND_RATE": 0,
+    "CONNECTIONS_PER_ADDRESS": 40,  # ten pages of one browser need about 30
+    "SIGN_INS_PER_MINUTE": 600,  # 10 a second, after a burst of 10
+    # A connection that has not signed in is closed after 3 s, not 5: the test of that waits
+    # less, and test_one_address_... still has time to open its 41 sockets (0.8 s measured on a
+    # busy machine), none of which signs in.
+    "SIGN_IN_TIME": 3,
+}
+TOOLS = ("nginx", "openssl", "redis-server")  # what the stack runs, beside Python
 PROCESSES = ("redis", "app1", "app2", "nginx")  # in the order they start
 CHANNEL = "flask-socketio"  # where Flask-SocketIO publishes, and every app server listens
 
 
 class Stack:
-    """Redis, two gunicorn app servers and nginx, in `folder`; https://localhost:PORT/."""
+    """Redis, two gunicorn app servers and nginx of `step` (or the copy an exercise names, see
+    `step_folder`), working in `folder`; https://localhost:PORT/."""
 
-    def __init__(self, folder: Path, **env):
+    def __init__(self, step: str, folder: Path, **env):
+        self.step = step_folder(step)
         self.folder = folder
         self.instance = folder / "instance"
         self.https_port, self.http_port = free_port(), free_port()
@@ -77,7 +97,7 @@ class Stack:
         with self.log(name).open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "honcho", "start", name],
-                cwd=STEP,
+                cwd=self.step,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -12,9 +12,9 @@ Steps 07 and 08 (protocol "rooms") are Socket.IO with a signed-in page's cookie 
 join: each load process is given its own `Page` (whose cookie, from which loopback address, which
 certificate to trust), and with several rooms, one client in each room sends.
 
-    python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 100
-    python bench/loadgen.py ws://127.0.0.1:5000/ --protocol socketio --clients 500
-    python bench/loadgen.py ws://127.0.0.1:5000/chatroom --clients 20 --flood 5000
+    python -m toolkit.loadgen ws://127.0.0.1:5000/chatroom --clients 100
+    python -m toolkit.loadgen ws://127.0.0.1:5000/ --protocol socketio --clients 500
+    python -m toolkit.loadgen ws://127.0.0.1:5000/chatroom --clients 20 --flood 5000
 """
 
 import argparse

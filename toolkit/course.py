@@ -1,0 +1,117 @@
+"""The course described once: steps.toml, read for Python and for make.
+
+`python3 -m toolkit.course make` prints the Makefile's step variables (make includes them);
+`python3 -m toolkit.course table` prints the step table of the top README. Only the standard
+library: make runs this before the virtual environment exists.
+"""
+
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Graft:
+    """Files a step takes from a step other than its parent (step 08's jobs, from 06)."""
+
+    source: str  # the step's number
+    takes: tuple[str, ...]  # compared with the source's by `make diff`
+    carries: tuple[str, ...]  # of those, the ones carried unchanged
+
+
+@dataclass(frozen=True)
+class Step:
+    folder: str  # e.g. 03_chat
+    name: str  # e.g. chat
+    title: str
+    parent: str | None  # the parent's number
+    carries: tuple[str, ...]
+    vendor: tuple[str, ...]
+    exercises: tuple[str, ...]  # folder names in exercises/
+    graft: Graft | None = None
+
+    @property
+    def number(self) -> str:
+        return self.folder[:2]
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "steps" / self.folder
+
+    @property
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """The step each file comes from -> the files carried from it unchanged."""
+        found = {self.parent: self.carries} if self.parent else {}
+        if self.graft:
+            found[self.graft.source] = self.graft.carries
+        return found
+
+
+@dataclass(frozen=True)
+class Course:
+    steps: dict[str, Step]  # by number, in order
+    helpers: dict[str, list[str]] = field(default_factory=dict)
+
+    def step(self, number_or_folder: str) -> Step:
+        return self.steps[number_or_folder[:2]]
+
+    def exercise_step(self, exercise: str) -> Step:
+        """The step an exercise folder belongs to."""
+        (step,) = [step for step in self.steps.values() if exercise in step.exercises]
+        return step
+
+
+def load(path: Path = ROOT / "steps.toml") -> Course:
+    data = tomllib.loads(path.read_text())
+    numbers = {entry["folder"]: entry["folder"][:2] for entry in data["step"]}
+    steps = {}
+    for entry in data["step"]:
+        graft = entry.get("graft")
+        step = Step(
+            folder=entry["folder"],
+            name=entry["name"],
+            title=entry["title"],
+            parent=numbers[entry["parent"]] if "parent" in entry else None,
+            carries=tuple(entry.get("carries", ())),
+            vendor=tuple(entry.get("vendor", ())),
+            exercises=tuple(entry.get("exercises", ())),
+            graft=graft
+            and Graft(numbers[graft["from"]], tuple(graft["takes"]), tuple(graft["carries"])),
+        )
+        steps[step.number] = step
+    return Course(steps, data.get("helpers", {}))
+
+
+def make_variables(course: Course) -> str:
+    """The Makefile's view of the course: one variable per fact."""
+    lines = [f"step_numbers := {' '.join(course.steps)}"]
+    for number, step in course.steps.items():
+        lines.append(f"step_dir_{number} := steps/{step.folder}")
+        lines.append(f"vendor_{number} := {' '.join(step.vendor)}")
+        if step.parent:
+            lines.append(f"parent_{number} := {step.parent}")
+        if step.graft:
+            lines.append(f"grafts_{number} := {step.graft.source} {' '.join(step.graft.takes)}")
+        for exercise in step.exercises:
+            lines.append(f"exercise_dir_{exercise.split('_')[0]} := exercises/{exercise}")
+    ids = [exercise.split("_")[0] for step in course.steps.values() for exercise in step.exercises]
+    lines.append(f"exercise_ids := {' '.join(ids)}")
+    return "\n".join(lines) + "\n"
+
+
+def readme_table(course: Course) -> str:
+    rows = ["| Step | What it adds | Run it |", "| --- | --- | --- |"]
+    for number, step in course.steps.items():
+        link = f"[{number} {step.name}](steps/{step.folder}/)"
+        rows.append(f"| {link} | {step.title} | `make step-{number}` |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    what = {"make": make_variables, "table": readme_table}
+    if len(sys.argv) != 2 or sys.argv[1] not in what:
+        sys.exit(f"usage: python3 -m toolkit.course {{{','.join(what)}}}")
+    sys.stdout.write(what[sys.argv[1]](load()))
