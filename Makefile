@@ -108,10 +108,9 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 		-keyout $(@D)/localhost-key.pem -out $@ 2>/dev/null
 
 # The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Four
-# processes share the tests (pytest-xdist): most tests wait on a browser or a server (with three,
-# the two cores were busy half the time), so four fit on two cores. tests/conftest.py makes the
-# scopes groups (a file's servers start once in a group) and hands out the longest groups first.
-PARALLEL := -n 4 --dist loadscope --no-loadscope-reorder
+# processes share the tests (pytest-xdist): most tests wait on a browser or a server, so four fit
+# on two cores. Each module (and each class) runs in one process, so its servers start once.
+PARALLEL := -n 4 --dist loadscope
 
 test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
@@ -122,7 +121,7 @@ test-fast: $(VENV)/.test $(VENV)/.runtime vendor ## Run the tests that need no b
 
 test-step-%: $(VENV)/.test $(VENV)/.runtime vendor-% ## Run one step's tests and its notebook, e.g. make test-step-01
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
-		$(wildcard tests/test_$*_*.py) tests/test_notebooks.py -k "$*_ or not notebook"
+		tests -k "$*_ or Step$* or Notebook$*"
 
 lint: $(VENV)/.test ## Check style (ruff check, ruff format --check) and that notebooks have no outputs
 	$(VENV)/bin/ruff check .
