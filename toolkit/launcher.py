@@ -8,6 +8,7 @@
 """
 
 import importlib.util
+import itertools
 import os
 import queue
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -62,19 +64,24 @@ def accepts(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A free port that no other test process hands out. Each pytest-xdist process counts up
-    through 2,000 ports of its own, below the ephemeral ports the kernel gives to clients (32768
-    and up). Port 0 would pick one among those: a server restarted on its port could then find it
-    taken by another process's new server, and the test would talk to that one."""
-    for port in _ports:
+    """A free port that no other process of this suite hands out. Each pytest-xdist process goes
+    round 500 ports of its own, below the ephemeral ports the kernel gives to clients (32768 and
+    up). Port 0 would pick one among those: a server restarted on its port could then find it
+    taken by another process's new server, and the test would talk to that one. Two checkouts of
+    the course (worktrees) testing at once take ranges apart, by a hash of their folder."""
+    for _ in range(PORTS_PER_PROCESS):
+        port = next(_ports)
         with socket.socket() as probe, suppress(OSError):
             probe.bind(("127.0.0.1", port))
             return port
-    raise RuntimeError("this test process has used all the ports of its range")
+    raise RuntimeError("every port of this process's range is taken")
 
 
-_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-_ports = iter(range(20_000 + 2_000 * _worker, 22_000 + 2_000 * _worker))
+PORTS_PER_PROCESS = 500
+_checkout = zlib.crc32(str(ROOT).encode()) % 3  # three checkouts' worth of ranges: 20000-31999
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % 8
+_first = 20_000 + PORTS_PER_PROCESS * (8 * _checkout + _worker)
+_ports = itertools.cycle(range(_first, _first + PORTS_PER_PROCESS))
 
 
 class StepServer:
