@@ -203,17 +203,21 @@ class ClockPage:
 
     async def restart(self, down: float) -> dict:
         """Kill the server, keep it down for `down` seconds, start it again on the same port."""
-        before = len(await self.updates())
         killed = time.time()
         self.server.stop()
         await asyncio.sleep(down)
         await asyncio.to_thread(self.server.start)
         back = time.time()
-        await self.wait_for_updates(before + 1)
+        # The first update from the new server: it cannot come before `down` seconds have passed,
+        # while an update the old server sent just before it was killed may still be on its way.
+        restarted = killed + down
+        await self.page.wait_for_function(
+            f"window.__updates.some(([when]) => when > {restarted})", timeout=30_000
+        )
         # Request times are taken here, when Playwright reports them, which may be after the page
         # has shown the update: count up to now, not up to the update's time in the page.
         seen = time.time()
-        first = (await self.updates())[before][0]
+        first = min(when for when, _ in await self.updates() if when > restarted)
         return {
             "transport": self.name,
             "down for (s)": back - killed,

@@ -5,7 +5,9 @@ checks each state with axe-core (no serious or critical accessibility violation)
 keyboard alone (Tab reaches every link, button and field, each with a visible focus ring; a
 message is sent with Tab, typing and Enter). `make pictures` sets PICTURES=1: the tests then also
 photograph the states into steps/NN_*/pictures/, for the step's README. Without it they reach and
-check every state and write nothing.
+check every state and write nothing. A picture shows no focus ring (the focus leaves the page
+before each shot), and one that shows two pages side by side shows them at TWO_PAGES_WIDTH, so
+that the picture stays under 1,000 pixels wide (tests/test_pictures.py).
 """
 
 import io
@@ -13,6 +15,7 @@ import os
 import re
 import sys
 from contextlib import ExitStack
+from datetime import datetime, timedelta
 
 import pytest
 from PIL import Image
@@ -29,6 +32,8 @@ pytestmark = pytest.mark.e2e  # every test here drives a browser
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 PICTURES = os.environ.get("PICTURES") == "1"
 MARGIN = 12  # pixels of white around a picture, and between its parts
+TWO_PAGES_WIDTH = 480  # pixels: the viewport of each page a picture shows beside another
+CLOCK_FORMAT = "%Y-%m-%d %H:%M:%S"
 FOCUSABLE = "a[href], button, input:not([type=hidden]), select, textarea"
 
 
@@ -95,8 +100,27 @@ def type_into(page, field, text, then="Enter") -> None:
 # --- pictures, taken only when asked for ---
 
 
+def a_second_after(shown: str) -> str:
+    """The clock's text one second after `shown` (steps 02 and 04 show YYYY-MM-DD HH:MM:SS)."""
+    then = datetime.strptime(shown, CLOCK_FORMAT) + timedelta(seconds=1)
+    return then.strftime(CLOCK_FORMAT)
+
+
+def page_of(part):
+    return getattr(part, "page", part)  # a locator has its page; a page is one
+
+
+def side_by_side(*pages) -> None:
+    """Give pages that a picture shows side by side the width that keeps it small."""
+    for page in pages:
+        page.set_viewport_size({"width": TWO_PAGES_WIDTH, "height": 720})
+
+
 def shoot(*parts) -> Image.Image:
-    """Screenshots of the parts (pages or locators), side by side, with white all round."""
+    """Screenshots of the parts (pages or locators), side by side, with white all round. The
+    focus leaves each page first: a focus ring in a picture would say the focus matters."""
+    for part in parts:
+        page_of(part).evaluate("document.activeElement && document.activeElement.blur()")
     shots = [Image.open(io.BytesIO(part.screenshot(animations="disabled"))) for part in parts]
     width = sum(shot.width + MARGIN for shot in shots) + MARGIN
     whole = Image.new("RGB", (width, max(shot.height for shot in shots) + 2 * MARGIN), "white")
@@ -202,14 +226,23 @@ class TestStep02Clock:
 
     def test_the_htmx_4_clock_ticks_while_the_mismatched_page_stands_still(self, page, step_server):
         ticking, still = page, page.context.new_page()
+        side_by_side(ticking, still)
         ticking.goto(step_server.url)
         still.goto(f"{step_server.url}/mismatch")
         served = still.locator("#clock").text_content()
-        film = Film()
-        for _ in range(3 if PICTURES else 1):  # one tick shows it moves; the picture shows three
-            film.shoot(ticking.locator("main"), still.locator("main"))
-            shown = ticking.locator("#clock").text_content()
-            expect(ticking.locator("#clock")).not_to_have_text(shown)
+        clock = ticking.locator("#clock")
+        expect(clock).not_to_have_text(served)  # the first push
+        for _ in range(3):  # a film whose frames are a second apart, as its README says
+            film, shown, steady = Film(), clock.text_content(), True
+            for _ in range(3 if PICTURES else 1):  # one tick shows it moves; the film shows three
+                shown = a_second_after(shown)
+                expect(clock).to_have_text(shown)
+                film.shoot(ticking.locator("main"), still.locator("main"))
+                steady = steady and clock.text_content() == shown  # so the frame shows it
+            if steady:
+                break
+        else:
+            raise AssertionError("the clock moved on while each film was being shot")
         expect(still.locator("#clock")).to_have_text(served)
         film.save(self.STEP, "ticking-and-still.gif", 1000)
         for each in (ticking, still):
@@ -243,6 +276,28 @@ class TestStep03Chat:
         expect(online_count(alice)).to_have_text("2")
         check_accessibility(alice)
         save_picture(self.STEP, "slow-down.png", alice.locator("main"))
+
+    def test_a_message_alice_types_crosses_to_bob_page(self, two_users, serve):
+        """A film of one message: Alice types it, sends it, and it shows on both pages."""
+        alice, bob = two_users
+        server = serve(self.STEP)  # a room of its own: no history from the other tests
+        side_by_side(alice, bob)
+        open_chat(alice, server, "Alice", online=1)
+        open_chat(bob, server, "Bob", online=2)
+        expect(online_count(alice)).to_have_text("2")
+        film = Film()
+        both = alice.locator("main"), bob.locator("main")
+        film.shoot(*both)
+        with no_reload(bob):
+            type_into(alice, alice.get_by_label("Message"), "Hi Bob, can you see this?", then="End")
+            film.shoot(*both)  # typed on Alice's page, not sent yet
+            tab_to(alice, alice.get_by_label("Message"))
+            alice.keyboard.press("Enter")
+            for page in (alice, bob):
+                expect(messages(page)).to_contain_text(["Hi Bob, can you see this?"])
+        film.shoot(*both)
+        film.save(self.STEP, "message-crosses.gif", 1500)
+        check_accessibility(bob)
 
 
 class TestStep04SocketioBroadcast:
@@ -291,6 +346,7 @@ class TestStep05ScaleOut:
     ):
         announce, server_a, server_b = redis_and_two_servers
         alice, bob = two_users
+        side_by_side(alice, bob)
         open_chat(alice, server_a, "Alice")
         open_chat(bob, server_b, "Bob")
         check_accessibility(alice)
@@ -462,6 +518,7 @@ class TestStep08Production:
 
     def test_alice_and_bob_chat_through_nginx_each_on_an_app_server(self, two_users, stack):
         alice, bob = two_users
+        side_by_side(alice, bob)
         check_bad_sign_up_is_answered_on_the_form(alice, stack)
         sign_up_in_browser(alice, stack, "alice")
         sign_up_in_browser(bob, stack, "bob")

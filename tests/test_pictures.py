@@ -1,16 +1,19 @@
 """The READMEs' pictures, without a browser: every picture a step's README shows exists, under
 "What you should see", with alt text that says what it shows; every picture in a step's pictures/
-folder is shown; none is large. `make pictures` takes them again (tests/test_pages.py)."""
+folder is shown; none is large in bytes, nor wider than a README's column can show without
+shrinking it. `make pictures` takes them again (tests/test_pages.py)."""
 
 import re
 
 import pytest
+from PIL import Image
 
 from toolkit.launcher import ROOT
 
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")  # ![alt text](path)
 SECTION = re.compile(r"^## What you should see\n(.*?)(?=^## |\Z)", re.M | re.S)
 LARGEST = {".png": 100_000, ".gif": 300_000}  # bytes
+WIDEST = 1_000  # pixels
 STEPS = sorted(readme.parent for readme in ROOT.glob("steps/*/README.md"))
 
 
@@ -41,3 +44,5 @@ def test_each_picture_in_a_pictures_folder_is_shown_and_small(step):
     for path in sorted((step / "pictures").glob("*")):
         assert path in [shown_path for _, shown_path in pictures], f"{path.name} is not shown"
         assert path.stat().st_size < LARGEST[path.suffix], f"{path.name} is too large"
+        with Image.open(path) as picture:
+            assert picture.width <= WIDEST, f"{path.name} is {picture.width} pixels wide"
