@@ -42,7 +42,8 @@ class StepServer:
     def __init__(self, step: str, **env):
         os.environ.update({name: str(value) for name, value in env.items()})
         self.module = load_step(step)
-        self.app = self.module.app
+        # A step that makes its app in a factory (step 07 on) makes it now, with the environment.
+        self.app = getattr(self.module, "create_app", lambda: self.module.app)()
         self._server = make_server(
             "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
         )
