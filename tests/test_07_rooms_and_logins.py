@@ -5,6 +5,7 @@ the forms over plain HTTP (requests), and the Socket.IO contract spoken by hand 
 would) and by python-socketio's client.
 """
 
+import json
 import re
 import sqlite3
 import stat
@@ -42,9 +43,12 @@ from accounts import (
 from chat_clients import (
     QUEUE,
     SocketIOByHand,
+    cut_by_server,
     engine_io_url,
     frames_to_fill_the_kernel_buffers,
+    masked_frame,
     tiny_buffer_socket,
+    websocket_by_hand,
 )
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
@@ -952,6 +956,54 @@ def test_connections_that_do_not_sign_in_are_closed_and_free_their_threads(tmp_p
             socket.close()
         # Measured: one thread a connection is freed (the other lingers in Werkzeug).
         wait_until(lambda: threads() <= opened - 25, f"{opened} threads, still {threads()}")
+
+
+@pytest.mark.parametrize("upgraded", [False, True], ids=["websocket", "polling-then-websocket"])
+def test_a_connection_that_never_signs_in_and_ignores_the_close_is_cut_and_frees_its_threads(
+    tmp_path, upgraded
+):
+    # A server of its own, to count its threads. A client that ignores the close packet (and the
+    # close frame after it) and keeps its TCP connection, silent: Werkzeug would wait on it for a
+    # next request, and simple-websocket for a frame, as long as the client likes.
+    count = 10
+    with start_server(tmp_path, SIGN_IN_TIME=2) as server:
+        threads = psutil.Process(server.process.pid).num_threads
+        before = threads()
+        clients = [never_signing_in(server, upgraded) for _ in range(count)]
+        received = [bytearray() for _ in clients]
+        # Each connection holds a thread in Werkzeug, simple-websocket's reader, Engine.IO's
+        # writer, and one that waits to send a ping (25 s: it outlives the test).
+        wait_until(lambda: threads() >= before + 4 * count, "four threads a connection")
+        opened = threads()
+        try:
+            wait_until(
+                lambda: all(map(cut_by_server, clients, received)), "the server cut them all"
+            )
+            assert all(b"\x81\x011" in data for data in received)  # each was sent its close packet
+            # The close ended the writers (one a connection); the cut ends Werkzeug's and
+            # simple-websocket's (two more). The bound lies between, clear of a thread or two
+            # that start or end meanwhile.
+            left = opened - 2 * count
+            wait_until(lambda: threads() <= left, f"{threads()} threads, not {left}")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def never_signing_in(server, upgraded):
+    """A raw Engine.IO WebSocket (upgraded from long-polling, if `upgraded`) that never sends
+    `40`: open, then silent."""
+    if not upgraded:
+        return websocket_by_hand(server)
+    opened = requests.get(f"{server.url}/socket.io/?EIO=4&transport=polling").text
+    sid = json.loads(opened[1:])["sid"]  # 0{"sid":...}
+    sock = websocket_by_hand(server, f"EIO=4&transport=websocket&sid={sid}")
+    sock.sendall(masked_frame("2probe"))
+    answer = b""
+    while b"3probe" not in answer:
+        answer += sock.recv(4096)
+    sock.sendall(masked_frame("5"))  # upgraded
+    return sock
 
 
 def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect):

@@ -26,6 +26,7 @@ import accounts
 import db
 import rooms
 from chat import socketio, start_tasks
+from connections import note_upgrades
 from flask import Flask
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
@@ -110,6 +111,9 @@ def create_app(config=None):
         async_handlers=False,
         max_http_buffer_size=64 * 1024,
     )
+    # Which TCP connection a page's socket upgraded to WebSocket on, for connections.py to shut
+    # down should the page never sign in.
+    app.wsgi_app = note_upgrades(app.wsgi_app)
 
     app.after_request(add_security_headers)
     app.register_blueprint(accounts.blueprint)
