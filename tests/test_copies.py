@@ -30,8 +30,11 @@ CARRIED = {
         "07": [
             ".gitignore",
             "common_passwords.txt",
+            "connections.py",
             "db.py",
             "forms.py",
+            "messages.py",
+            "rate_limit.py",
             "rooms.py",
             "schema.sql",
             "static/style.css",
@@ -47,8 +50,8 @@ CARRIED = {
 # whole), with every step that defines each: a group of steps shares one spelling; a step alone
 # in its group has a version of its own.
 HELPERS = {
-    "SendLimit": ["03 04 05 07 08"],
-    "read_message": ["03", "04 05", "07 08"],  # a frame of JSON; a name and data; a room and text
+    "SendLimit": ["03 04 05 07"],  # step 08 carries step 07's rate_limit.py whole
+    "read_message": ["03", "04 05", "07"],  # a frame of JSON; a name and data; a room and text
     "on_connect": ["04 05", "07", "08"],
     "on_disconnect": ["04 05", "07", "08"],
     "on_send_message": ["04", "05", "07 08"],
@@ -63,14 +66,15 @@ HELPERS = {
     # Step 08 notes who joined (its presence tells a page that joined alone when the names did
     # not change: 10,000 pages join in a storm); step 07 notes the room.
     "on_join": ["07", "08"],
-    "may_enter": ["07 08"],
-    "missed": ["07 08"],
-    "start_tasks": ["07 08"],
+    # Step 08's presence task asks Redis, in the app's context: it is given the app.
+    "start_tasks": ["07", "08"],
     "add_security_headers": ["07 08"],
     # accounts.py: step 08 hashes passwords in gevent's thread pool, the rest is step 07's
     "User": ["07 08"],
     "token_hash": ["07 08"],
     "load_user": ["07 08"],
+    "attempts": ["07 08"],
+    "no_one_hash": ["07 08"],
     "refused": ["07 08"],
     "username_tried": ["07 08"],
     "sign_in": ["07 08"],
@@ -78,8 +82,7 @@ HELPERS = {
     "account_page": ["07 08"],
     "logout": ["07 08"],
     "sent_as_an_event": ["04 05", "07 08"],
-    "look_after_connections": ["07 08"],
-    "drop_clients_behind": ["04", "05", "07 08"],
+    "drop_clients_behind": ["04", "05", "07"],  # step 08 carries step 07's connections.py whole
 }
 
 

@@ -28,7 +28,7 @@ from flask_socketio import (
     leave_room,
 )
 from messages import missed, read_message, rooms_open_to, store
-from rate_limit import allow_send
+from rate_limit import allow_send  # per server: tabs on the other draw from its bucket (README)
 
 PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
 LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a last_id above it makes the query fail
@@ -144,8 +144,6 @@ def on_join(visitor, data):
 @socketio.on("send message")
 @visitor_required
 def on_send_message(visitor, data):
-    # One bucket per user on this server: their tabs on the other server draw from its own (see
-    # the README).
     if not allow_send(visitor.user_id):
         return {"error": "You are sending too fast: wait a moment, then send again."}
     room, text, error = read_message(data)
