@@ -6,9 +6,13 @@ would) and by python-socketio's client.
 """
 
 import json
+import os
 import re
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -52,7 +56,7 @@ from chat_clients import (
 )
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
-from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, wait_until
+from harness import RECONNECT_TIMEOUT, XSS, StepServer, no_reload, step_folder, wait_until
 from playwright.sync_api import expect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as open_websocket
@@ -1039,6 +1043,53 @@ def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect
             pytest.fail(f"{most} messages later, the frozen member is still there")
     finally:
         frozen_socket.socket.close()
+
+
+# Run in the step's folder: import every module of the app, check that nothing happened, then
+# make an app with a config of its own. Step 08 is patched for gevent first, as gunicorn's worker
+# does before it loads the app (Redis' client needs it).
+IMPORT_THEN_CREATE = """
+import os, sys, threading
+if sys.argv[1] == "08_production":
+    from gevent import monkey
+    monkey.patch_all()
+umask, threads = os.umask(0o022), threading.active_count()
+os.umask(umask)
+for name in sys.argv[3:]:
+    __import__(name)
+assert os.umask(umask) == umask, "importing changed the umask"
+assert not os.path.exists("instance"), "importing made the instance folder"
+assert threading.active_count() == threads, "importing started a thread"
+import app
+config = {"INSTANCE_PATH": sys.argv[2], "SECRET_KEY": "x", "MAX_MEMBERS": 3}
+made = app.create_app({**config, "REDIS_URL": "redis://127.0.0.1:1/0"})  # no Redis: not needed
+settings = made.secret_key, made.config["MAX_MEMBERS"], made.config["QUEUE"]
+assert settings == ("x", 3, 42), settings  # the config's, over the environment's
+assert os.listdir(sys.argv[2]) == ["chat.sqlite"], os.listdir(sys.argv[2])
+assert made.test_client().get("/login").status_code == 200
+"""
+
+
+@pytest.mark.parametrize("step", [STEP, "08_production"])
+def test_importing_the_app_does_nothing_and_create_app_takes_a_config(tmp_path, step):
+    # A copy, without the instance folder a run may have left. gunicorn.conf.py and nginx_conf.py
+    # are the servers' scripts, not modules of the app.
+    folder = shutil.copytree(
+        step_folder(step), tmp_path / step, ignore=shutil.ignore_patterns("instance", "__pycache__")
+    )
+    scripts = {"gunicorn.conf", "nginx_conf"}
+    modules = sorted(path.stem for path in folder.glob("*.py") if path.stem not in scripts)
+    env = {**os.environ, "QUEUE": "42", "MAX_MEMBERS": "7"}
+    instance = tmp_path / "instance"
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_THEN_CREATE, step, str(instance), *modules],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_key_and_the_database_are_for_the_server_user_alone(tmp_path):
