@@ -5,9 +5,14 @@ the forms over plain HTTP (requests), and the Socket.IO contract spoken by hand 
 would) and by python-socketio's client.
 """
 
+import json
+import os
 import re
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -26,11 +31,14 @@ from websockets.sync.client import connect as open_websocket
 from toolkit.clients import (
     QUEUE,
     SocketIOByHand,
+    cut_by_server,
     engine_io_url,
     frames_to_fill_the_kernel_buffers,
+    masked_frame,
     tiny_buffer_socket,
+    websocket_by_hand,
 )
-from toolkit.launcher import StepServer, wait_until
+from toolkit.launcher import StepServer, step_folder, wait_until
 from toolkit.pages import (
     RECONNECT_TIMEOUT,
     XSS,
@@ -938,6 +946,54 @@ def test_connections_that_do_not_sign_in_are_closed_and_free_their_threads(tmp_p
         wait_until(lambda: threads() <= opened - 25, f"{opened} threads, still {threads()}")
 
 
+@pytest.mark.parametrize("upgraded", [False, True], ids=["websocket", "polling-then-websocket"])
+def test_a_connection_that_never_signs_in_and_ignores_the_close_is_cut_and_frees_its_threads(
+    tmp_path, upgraded
+):
+    # A server of its own, to count its threads. A client that ignores the close packet (and the
+    # close frame after it) and keeps its TCP connection, silent: Werkzeug would wait on it for a
+    # next request, and simple-websocket for a frame, as long as the client likes.
+    count = 10
+    with start_server(tmp_path, SIGN_IN_TIME=2) as server:
+        threads = psutil.Process(server.process.pid).num_threads
+        before = threads()
+        clients = [never_signing_in(server, upgraded) for _ in range(count)]
+        received = [bytearray() for _ in clients]
+        # Each connection holds a thread in Werkzeug, simple-websocket's reader, Engine.IO's
+        # writer, and one that waits to send a ping (25 s: it outlives the test).
+        wait_until(lambda: threads() >= before + 4 * count, "four threads a connection")
+        opened = threads()
+        try:
+            wait_until(
+                lambda: all(map(cut_by_server, clients, received)), "the server cut them all"
+            )
+            assert all(b"\x81\x011" in data for data in received)  # each was sent its close packet
+            # The close ended the writers (one a connection); the cut ends Werkzeug's and
+            # simple-websocket's (two more). The bound lies between, clear of a thread or two
+            # that start or end meanwhile.
+            left = opened - 2 * count
+            wait_until(lambda: threads() <= left, f"{threads()} threads, not {left}")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def never_signing_in(server, upgraded):
+    """A raw Engine.IO WebSocket (upgraded from long-polling, if `upgraded`) that never sends
+    `40`: open, then silent."""
+    if not upgraded:
+        return websocket_by_hand(server)
+    opened = requests.get(f"{server.url}/socket.io/?EIO=4&transport=polling").text
+    sid = json.loads(opened[1:])["sid"]  # 0{"sid":...}
+    sock = websocket_by_hand(server, f"EIO=4&transport=websocket&sid={sid}")
+    sock.sendall(masked_frame("2probe"))
+    answer = b""
+    while b"3probe" not in answer:
+        answer += sock.recv(4096)
+    sock.sendall(masked_frame("5"))  # upgraded
+    return sock
+
+
 def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect):
     sender, frozen = sign_up(chat, unique("a")), sign_up(chat, unique("b"))
     room = create_room(chat, sender, members=[frozen])
@@ -971,6 +1027,53 @@ def test_a_member_who_never_reads_is_dropped_and_their_queue_freed(chat, connect
             pytest.fail(f"{most} messages later, the frozen member is still there")
     finally:
         frozen_socket.socket.close()
+
+
+# Run in the step's folder: import every module of the app, check that nothing happened, then
+# make an app with a config of its own. Step 08 is patched for gevent first, as gunicorn's worker
+# does before it loads the app (Redis' client needs it).
+IMPORT_THEN_CREATE = """
+import os, sys, threading
+if sys.argv[1] == "08_production":
+    from gevent import monkey
+    monkey.patch_all()
+umask, threads = os.umask(0o022), threading.active_count()
+os.umask(umask)
+for name in sys.argv[3:]:
+    __import__(name)
+assert os.umask(umask) == umask, "importing changed the umask"
+assert not os.path.exists("instance"), "importing made the instance folder"
+assert threading.active_count() == threads, "importing started a thread"
+import app
+config = {"INSTANCE_PATH": sys.argv[2], "SECRET_KEY": "x", "MAX_MEMBERS": 3}
+made = app.create_app({**config, "REDIS_URL": "redis://127.0.0.1:1/0"})  # no Redis: not needed
+settings = made.secret_key, made.config["MAX_MEMBERS"], made.config["QUEUE"]
+assert settings == ("x", 3, 42), settings  # the config's, over the environment's
+assert os.listdir(sys.argv[2]) == ["chat.sqlite"], os.listdir(sys.argv[2])
+assert made.test_client().get("/login").status_code == 200
+"""
+
+
+@pytest.mark.parametrize("step", [STEP, "08_production"])
+def test_importing_the_app_does_nothing_and_create_app_takes_a_config(tmp_path, step):
+    # A copy, without the instance folder a run may have left. gunicorn.conf.py and nginx_conf.py
+    # are the servers' scripts, not modules of the app.
+    folder = shutil.copytree(
+        step_folder(step), tmp_path / step, ignore=shutil.ignore_patterns("instance", "__pycache__")
+    )
+    scripts = {"gunicorn.conf", "nginx_conf"}
+    modules = sorted(path.stem for path in folder.glob("*.py") if path.stem not in scripts)
+    env = {**os.environ, "QUEUE": "42", "MAX_MEMBERS": "7"}
+    instance = tmp_path / "instance"
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_THEN_CREATE, step, str(instance), *modules],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_key_and_the_database_are_for_the_server_user_alone(tmp_path):

@@ -31,8 +31,10 @@ from websockets.sync.client import connect as open_websocket
 from toolkit.clients import (
     QUEUE,
     SocketIOByHand,
+    cut_by_server,
     frames_to_fill_the_kernel_buffers,
     tiny_buffer_socket,
+    websocket_by_hand,
 )
 from toolkit.fixtures import need_tools
 from toolkit.jobs import delays_through_nginx, https_connection, start_job_as
@@ -295,6 +297,22 @@ def closed_by_the_app(websocket, deadline):
     except TimeoutError:
         pass
     return False
+
+
+def test_a_connection_that_never_signs_in_and_ignores_the_close_is_cut_through_nginx(tmp_path):
+    # A stack of its own, with nginx's default proxy_read_timeout (60 s), which would otherwise
+    # end such a connection (the shared stack's 2 s would hide the app's cut). A client that
+    # ignores the close packet and keeps its connection, silent, holds one of nginx's and one of
+    # an app server's (a socket, its greenlets) until then.
+    with Stack(STEP, tmp_path, SIGN_IN_TIME=1) as stack:
+        clients = [websocket_by_hand(stack) for _ in range(4)]  # never even ask to connect
+        received = [bytearray() for _ in clients]
+        try:
+            wait_until(lambda: all(map(cut_by_server, clients, received)), "the app cut them all")
+            assert all(b"\x81\x011" in data for data in received)  # each was sent its close packet
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_a_last_id_too_big_for_sqlite_is_refused_and_the_largest_one_joins_in_plain_sight(

@@ -7,8 +7,12 @@
 - For floods and frozen clients: `Listener` reads a connection in a thread of its own,
   `tiny_buffer_socket` makes a client whose reads the server soon cannot outpace, and
   `send_past_a_frozen_client` is the Socket.IO experiment of steps 04 and 05.
+- For clients that hold on (steps 07 and 08): `websocket_by_hand` opens a WebSocket on a bare
+  socket, which then does only what the test makes it do (`masked_frame`), and
+  `cut_by_server` says whether the server has ended it.
 """
 
+import base64
 import html
 import json
 import os
@@ -327,6 +331,54 @@ def tiny_buffer_socket(port, segment=None):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, segment)
     sock.connect(("127.0.0.1", port))
     return sock
+
+
+def websocket_by_hand(server, query="EIO=4&transport=websocket"):
+    """A socket on which a WebSocket to `/socket.io/?<query>` was opened by hand (over TLS to
+    step 08's stack), and nothing else done: no library answers a ping or a close frame for it,
+    or closes it. What came after the handshake's answer is left to read."""
+    tls = hasattr(server, "certificate")
+    host, port = ("localhost", server.https_port) if tls else ("127.0.0.1", server.port)
+    sock = socket.create_connection((host, port), timeout=5)
+    if tls:
+        context = ssl.create_default_context(cafile=server.certificate)
+        sock = context.wrap_socket(sock, server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = [
+        f"GET /socket.io/?{query} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    sock.sendall("\r\n".join([*request, "", ""]).encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)  # one byte at a time: the frames that follow stay in the socket
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    return sock
+
+
+def masked_frame(text):
+    """A client's WebSocket text frame of under 126 bytes (masked, as a client's must be)."""
+    data, mask = text.encode(), os.urandom(4)
+    masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(data))
+    return bytes([0x81, 0x80 | len(data)]) + mask + masked
+
+
+def cut_by_server(sock, received):
+    """Whether the server has ended the connection; what came meanwhile is added to `received`
+    (a bytearray), unread by anyone else."""
+    sock.setblocking(False)
+    try:
+        while data := sock.recv(65536):
+            received += data
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False  # all read, and the connection still open
+    except OSError:
+        return True  # reset
+    return True  # the end of the stream
 
 
 def frames_to_fill_the_kernel_buffers(frame_bytes):

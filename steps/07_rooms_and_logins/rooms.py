@@ -3,28 +3,29 @@
 "general" and "random" are public (schema.sql). Anyone signed in may create a few private rooms;
 their owner adds and removes members, and a member who is not the owner may leave. Removing one
 (or leaving) also takes their open sockets out of the room (chat.py), in the same locked step as
-the database change. The answers "That name is taken" and "There is no user called ..." tell
-whether a room or an account exists: refused ones are limited, as refused sign-ins are.
+the database change. Which rooms a user may enter, messages.py says. The answers "That name is
+taken" and "There is no user called ..." tell whether a room or an account exists: refused ones
+are limited, as refused sign-ins are.
 """
 
-import os
 import sqlite3
 
 import chat
 import db
-from accounts import ATTEMPTS, limiter, refused
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from accounts import attempts, limiter, refused
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from forms import MemberForm, RoomForm
+from messages import rooms_open_to
 
 blueprint = Blueprint("rooms", __name__)
 # Caps, so that no one can fill the database, or someone else's page, with rooms: anyone may add
-# anyone, and every page joins all of its rooms on every (re)connect.
+# anyone, and every page joins all of its rooms on every (re)connect. (A room's members: at most
+# MAX_MEMBERS, in the app's config.)
 MAX_OWNED_ROOMS = 20
-MAX_MEMBERS = int(os.environ.get("MAX_MEMBERS", "50"))
 # One count per user for both pages: ten names of rooms or people a minute to guess, not hundreds.
 names_guessed = limiter.shared_limit(
-    ATTEMPTS, "names", methods=["POST"], deduct_when=refused, key_func=lambda: current_user.name
+    attempts, "names", methods=["POST"], deduct_when=refused, key_func=lambda: current_user.name
 )
 
 
@@ -65,12 +66,7 @@ def create(room):
 
 
 def chat_page(room_form):
-    rooms = db.query(
-        "SELECT name, owner_id FROM rooms WHERE owner_id IS NULL"
-        " OR name IN (SELECT room FROM members WHERE user_id = ?)"
-        " ORDER BY owner_id IS NOT NULL, name",
-        current_user.id,
-    )
+    rooms = rooms_open_to(current_user.id)
     names = [room["name"] for room in rooms]
     shown = request.args.get("room") if request.args.get("room") in names else names[0]
     return render_template("index.html", rooms=rooms, shown=shown, room_form=room_form)
@@ -103,8 +99,9 @@ def add_member(room, name):
     found = db.query("SELECT id FROM users WHERE name = ?", name)
     if not found:
         return f"There is no user called {name}."
-    if db.query("SELECT count(*) FROM members WHERE room = ?", room)[0][0] >= MAX_MEMBERS:
-        return f"A room has at most {MAX_MEMBERS} members."
+    most = current_app.config["MAX_MEMBERS"]
+    if db.query("SELECT count(*) FROM members WHERE room = ?", room)[0][0] >= most:
+        return f"A room has at most {most} members."
     try:
         db.change("INSERT INTO members (room, user_id) VALUES (?, ?)", room, found[0]["id"])
     except sqlite3.IntegrityError:
@@ -133,10 +130,11 @@ def leave(room):
 
 
 def take_out(room, user_id):
-    with chat.room_lock:
+    def delete_member():
         db.change("DELETE FROM members WHERE room = ? AND user_id = ?", room, user_id)
-        # Their sockets joined while they were a member: the next message must not reach them.
-        chat.take_out_of_room(user_id, room)
+
+    # Their sockets joined while they were a member: the next message must not reach them.
+    chat.take_out_of_room(user_id, room, delete_member)
 
 
 def private_room(room):

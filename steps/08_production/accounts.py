@@ -10,15 +10,15 @@ Step 07's, with one change for gevent: a password hash (scrypt, about 100 ms of 
 gevent's thread pool, not in the event loop, where it would stop every socket of this server.
 """
 
+import functools
 import hashlib
-import os
 import secrets
 import sqlite3
 
 import chat
 import db
 import gevent
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import UserMixin, current_user, login_required, login_user, logout_user
@@ -26,20 +26,25 @@ from forms import SignInForm, SignUpForm
 from werkzeug.security import check_password_hash, generate_password_hash
 
 blueprint = Blueprint("accounts", __name__)
-# Refused attempts allowed per address (and per username, for sign-ins) before the answer is
-# 429 until the window has passed: a guesser gets 10 tries a minute, not 10 a second.
-ATTEMPTS = os.environ.get("ACCOUNT_ATTEMPTS", "10 per minute")
 TOO_MANY = "Too many attempts: wait a minute, then try again."
 limiter = Limiter(get_remote_address)  # app.py says where it counts (RATELIMIT_STORAGE_URI)
 # A cookie copied off a shared computer, or a login forgotten on one, works this long at most.
 LOGIN_DAYS = 30
 EXPIRY = f"-{LOGIN_DAYS} days"  # a login whose `since` is before datetime('now', EXPIRY) expired
-# How passwords are hashed: Werkzeug's default, scrypt at about 170 ms of CPU a hash. The tests
-# sign up hundreds of users, and set a cheaper scrypt (as Django's docs advise for test suites).
-PASSWORD_HASH = os.environ.get("PASSWORD_HASH", "scrypt")
-# What a password is checked against when no one has that username: the same work as for a
-# real user, so that the time of the answer does not tell who has an account.
-NO_ONE_HASH = generate_password_hash(secrets.token_urlsafe(), PASSWORD_HASH)
+
+
+def attempts():
+    """Refused attempts allowed per address (and per username, for sign-ins) before the answer
+    is 429 until the window has passed: ACCOUNT_ATTEMPTS, in the app's config."""
+    return current_app.config["ACCOUNT_ATTEMPTS"]
+
+
+@functools.cache
+def no_one_hash(method):
+    """What a password is checked against when no one has that username: the same work as for a
+    real user, so that the time of the answer does not tell who has an account. One for each
+    hash method (PASSWORD_HASH), made when the app is created (app.py), not at a first refusal."""
+    return generate_password_hash(secrets.token_urlsafe(), method)
 
 
 def in_a_thread(function, *args):
@@ -83,7 +88,7 @@ def load_user(token):
 
 
 @blueprint.route("/signup", methods=["GET", "POST"])
-@limiter.limit(ATTEMPTS, methods=["POST"], deduct_when=refused)
+@limiter.limit(attempts, methods=["POST"], deduct_when=refused)
 def signup():
     form = SignUpForm()
     if form.validate_on_submit():
@@ -91,7 +96,9 @@ def signup():
             user_id = db.change(
                 "INSERT INTO users (name, password_hash) VALUES (?, ?)",
                 form.username.data,
-                in_a_thread(generate_password_hash, form.password.data, PASSWORD_HASH),
+                in_a_thread(
+                    generate_password_hash, form.password.data, current_app.config["PASSWORD_HASH"]
+                ),
             )
         except sqlite3.IntegrityError:
             form.username.errors.append("That username is taken.")
@@ -101,15 +108,16 @@ def signup():
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
-@limiter.limit(ATTEMPTS, methods=["POST"], deduct_when=refused)
-@limiter.limit(ATTEMPTS, methods=["POST"], deduct_when=refused, key_func=username_tried)
+@limiter.limit(attempts, methods=["POST"], deduct_when=refused)
+@limiter.limit(attempts, methods=["POST"], deduct_when=refused, key_func=username_tried)
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("rooms.index"))
     form = SignInForm()
     if form.validate_on_submit():
         found = db.query("SELECT * FROM users WHERE name = ?", form.username.data)
-        password_hash = found[0]["password_hash"] if found else NO_ONE_HASH
+        method = current_app.config["PASSWORD_HASH"]
+        password_hash = found[0]["password_hash"] if found else no_one_hash(method)
         if in_a_thread(check_password_hash, password_hash, form.password.data) and found:
             return sign_in(found[0]["id"], found[0]["name"])
         form.form_errors.append("Wrong username or password.")

@@ -9,43 +9,53 @@ on whichever server it lands; the job itself runs on the server that started it.
 The contract is step 06's (see its README), for the signed-in user who started the job; a POST
 carries the form's csrf_token, as every POST of step 07 does, instead of step 06's Origin check.
 At most MAX_JOBS run at once on each server, and JOBS_PER_USER of one user's on all servers; a
-finished job is kept KEEP_FINISHED seconds.
+finished job is kept KEEP_FINISHED seconds. These settings (and JOB_STEPS, JOB_STEP_SECONDS,
+HEARTBEAT) are the app's config (app.py), and so is the Redis client (`init_app`).
 """
 
-import os
 import re
 import secrets
 import threading
 import time
 
 import redis
-from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user, login_required
 
-# The simulated work: JOB_STEPS steps of JOB_STEP_SECONDS each (the tests make them short).
-JOB_STEPS = int(os.environ.get("JOB_STEPS", "20"))
-JOB_STEP_SECONDS = float(os.environ.get("JOB_STEP_SECONDS", "0.5"))
-# Seconds of silence after which a stream sends a comment line, so a client that left is noticed
-# (the write fails) and proxies see traffic.
-HEARTBEAT = float(os.environ.get("HEARTBEAT", "15"))
-MAX_JOBS = int(os.environ.get("MAX_JOBS", "4"))  # jobs running at once on each app server
-# One user's jobs running at once on all servers: one user alone cannot take every place.
-JOBS_PER_USER = int(os.environ.get("JOBS_PER_USER", "2"))
-KEEP_FINISHED = int(os.environ.get("KEEP_FINISHED", "3600"))  # seconds a finished job is kept
-# A running job renews its keys at every step; when the server running it stops, they expire
-# this many seconds after its last step, and its pages say that the job was lost.
-LOST_AFTER = JOB_STEP_SECONDS + 5
 RETRY_MS = 1000  # how soon a client comes back after its stream broke
 
 blueprint = Blueprint("jobs", __name__)
-# Its own connection pool: a stream waits in XREAD BLOCK for up to HEARTBEAT seconds.
-store = redis.Redis.from_url(
-    os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-    socket_timeout=HEARTBEAT + 5,
-    socket_connect_timeout=1,
-    retry=None,
-    decode_responses=True,
-)
+
+
+def init_app(app):
+    """Make the app's client for REDIS_URL, for the jobs (it connects at its first command)."""
+    # Its own connection pool: a stream waits in XREAD BLOCK for up to HEARTBEAT seconds.
+    app.extensions["jobs"] = redis.Redis.from_url(
+        app.config["REDIS_URL"],
+        socket_timeout=app.config["HEARTBEAT"] + 5,
+        socket_connect_timeout=1,
+        retry=None,
+        decode_responses=True,
+    )
+
+
+def store():
+    return current_app.extensions["jobs"]
+
+
+def lost_after():
+    """A running job renews its keys at every step; when the server running it stops, they
+    expire this many seconds after its last step, and its pages say that the job was lost."""
+    return current_app.config["JOB_STEP_SECONDS"] + 5
 
 
 class Job:
@@ -59,8 +69,8 @@ class Job:
 
     def publish(self, event_id: int, data: str, name: str | None = None) -> None:
         """Add event `event_id`; `done` is the last. Renew how long the job is kept."""
-        keep = KEEP_FINISHED if name == "done" else int(LOST_AFTER) + 1
-        with store.pipeline() as pipe:  # one transaction: an event never outlives its job's info
+        keep = current_app.config["KEEP_FINISHED"] if name == "done" else int(lost_after()) + 1
+        with store().pipeline() as pipe:  # one transaction: an event never outlives its job's info
             pipe.xadd(
                 self.events,
                 {"event": sse_event(event_id, data, name), "done": int(bool(name))},
@@ -71,12 +81,12 @@ class Job:
             if name == "done":
                 pipe.zrem(self.owners_jobs, self.id)
             else:
-                pipe.zadd(self.owners_jobs, {self.id: time.time() + LOST_AFTER})
+                pipe.zadd(self.owners_jobs, {self.id: time.time() + lost_after()})
             pipe.execute()
 
     def published(self) -> tuple[int, bool]:
         """The id of the job's last event so far (0 for none), and whether it is `done`."""
-        entries = store.xrevrange(self.events, count=1)
+        entries = store().xrevrange(self.events, count=1)
         if not entries:
             return 0, False
         entry_id, fields = entries[0]
@@ -85,14 +95,14 @@ class Job:
     def events_after(self, last_id: int, timeout: float) -> tuple[list[str], bool]:
         """The events after `last_id`, waiting up to `timeout` seconds for one; and `finished`."""
         # No BLOCK at all for no wait: BLOCK 0 would wait for ever.
-        found = store.xread({self.events: f"{last_id}-0"}, block=int(timeout * 1000) or None)
+        found = store().xread({self.events: f"{last_id}-0"}, block=int(timeout * 1000) or None)
         entries = found[0][1] if found else []
         finished = bool(entries) and entries[-1][1]["done"] == "1"
         return [fields["event"] for _, fields in entries], finished
 
     def lost(self) -> bool:
         """Whether the job's keys expired: the server running it stopped."""
-        return not store.exists(self.info)
+        return not store().exists(self.info)
 
 
 def owners_jobs(owner: int) -> str:
@@ -106,13 +116,13 @@ def took_a_place(job: Job) -> bool:
     then counted, in one transaction (MULTI): of two requests at once, on two servers, only one
     can take the last place (counting first and adding after, both would)."""
     now = time.time()
-    with store.pipeline() as pipe:
+    with store().pipeline() as pipe:
         pipe.zremrangebyscore(job.owners_jobs, 0, now)
-        pipe.zadd(job.owners_jobs, {job.id: now + LOST_AFTER})
+        pipe.zadd(job.owners_jobs, {job.id: now + lost_after()})
         pipe.zcard(job.owners_jobs)
         *_, running_now = pipe.execute()
-    if running_now > JOBS_PER_USER:
-        store.zrem(job.owners_jobs, job.id)
+    if running_now > current_app.config["JOBS_PER_USER"]:
+        store().zrem(job.owners_jobs, job.id)
         return False
     return True
 
@@ -132,23 +142,25 @@ def jobs_page():
 def start_job():
     # Random, not 1, 2, 3: after a restart, a new job must not take the id an old page holds;
     # 128 bits, so that no one finds another's job by trying ids.
-    job = Job(secrets.token_hex(16), JOB_STEPS, current_user.id)
+    job = Job(secrets.token_hex(16), current_app.config["JOB_STEPS"], current_user.id)
     if not took_a_place(job):
-        error = f"You have {JOBS_PER_USER} jobs running, as many as one person runs at once."
+        per_user = current_app.config["JOBS_PER_USER"]
+        error = f"You have {per_user} jobs running, as many as one person runs at once."
         return render_template("_error.html", error=f"{error} Try again when one is done."), 429
+    most = current_app.config["MAX_JOBS"]
     with running_lock:
-        if len(running) >= MAX_JOBS:
-            store.zrem(job.owners_jobs, job.id)
-            error = f"{MAX_JOBS} jobs are running, as many as this server runs at once."
+        if len(running) >= most:
+            store().zrem(job.owners_jobs, job.id)
+            error = f"{most} jobs are running, as many as this server runs at once."
             return render_template("_error.html", error=f"{error} Try again when one is done."), 429
         running.add(job.id)
     try:
         # HSETNX: a job never takes over the keys of another, should an id ever come up twice.
-        if not store.hsetnx(job.info, "owner", current_user.id):
+        if not store().hsetnx(job.info, "owner", current_user.id):
             raise redis.RedisError(f"job {job.id} exists already")
-        with store.pipeline() as pipe:
+        with store().pipeline() as pipe:
             pipe.hset(job.info, "steps", job.steps)
-            pipe.expire(job.info, int(LOST_AFTER) + 1)
+            pipe.expire(job.info, int(lost_after()) + 1)
             pipe.execute()
     except redis.RedisError:
         with running_lock:
@@ -185,7 +197,9 @@ def job_events(job_id):
     # No X-Accel-Buffering header (step 06 sent one for whatever proxy might come): nginx.conf
     # turns buffering off for this location, and such a header would override it either way.
     headers = {"Cache-Control": "no-cache"}
-    return Response(stream(job, last_id), content_type="text/event-stream", headers=headers)
+    # stream_with_context: the stream reads the app's Redis client and HEARTBEAT as it goes.
+    events = stream_with_context(stream(job, last_id))
+    return Response(events, content_type="text/event-stream", headers=headers)
 
 
 @blueprint.errorhandler(redis.RedisError)
@@ -209,7 +223,7 @@ def stream(job: Job, last_id: int):
         yield "".join(events) or ": heartbeat\n\n"  # a comment line, which clients ignore
         if finished:
             return
-        wait = HEARTBEAT
+        wait = current_app.config["HEARTBEAT"]
 
 
 def run(job: Job, app) -> None:
@@ -217,9 +231,9 @@ def run(job: Job, app) -> None:
     try:
         with app.app_context():
             for step in range(1, job.steps + 1):
-                time.sleep(JOB_STEP_SECONDS)
+                time.sleep(app.config["JOB_STEP_SECONDS"])
                 job.publish(step, render_template("_step.html", job=job, step=step))
-        job.publish(job.steps + 1, "done", name="done")
+            job.publish(job.steps + 1, "done", name="done")
     except redis.RedisError as error:
         app.logger.error("Job %s stopped: Redis does not answer (%s).", job.id, error)
     finally:
@@ -242,7 +256,7 @@ def sse_event(event_id: int, data: str, name: str | None = None) -> str:
 
 def find_job(job_id: str) -> Job:
     """The current user's job; 404 for a job that is unknown, gone, or someone else's."""
-    info = store.hgetall(f"job:{job_id}") if re.fullmatch(r"[0-9a-f]{32}", job_id) else {}
+    info = store().hgetall(f"job:{job_id}") if re.fullmatch(r"[0-9a-f]{32}", job_id) else {}
     if not info or info["owner"] != str(current_user.id):
         abort(plain_text(404, "No such job: it finished long ago, or its server stopped."))
     return Job(job_id, int(info["steps"]), current_user.id)
