@@ -140,8 +140,8 @@ exercise_dir = $(exercise_dir_$(E))
 exercise_step = $(call step_dir,$(firstword $(subst -, ,$(E))))
 exercise_copy = work/$(E)
 # A build exercise is checked by its own test; a break-it one by the step's test it names.
-exercise_test = $(if $(wildcard $(exercise_dir)/break.patch),$(shell cat $(exercise_dir)/must_fail.txt),\
-	$(exercise_dir)/test_exercise.py)
+exercise_test = $(if $(wildcard $(exercise_dir)/break.patch),$(shell $(PYTHON) -m toolkit.course \
+	find-test "$$(cat $(exercise_dir)/must_fail.txt)" $(firstword $(subst -, ,$(E)))),$(exercise_dir)/test_exercise.py)
 need_exercise = test -n "$(E)" -a -n "$(exercise_dir)" || { echo "Usage: make $@ E=03-3 \
 	(one of: $(exercise_ids))" >&2; exit 1; }
 

@@ -3,7 +3,8 @@
 - A build exercise (`solution.patch`, `test_exercise.py`): its test fails on the untouched step
   and passes once the solution is applied.
 - A break-it exercise (`break.patch`, `must_fail.txt`): the step's test named in `must_fail.txt`
-  passes on the untouched step and fails once the defence is removed.
+  (by its name: toolkit.course.find_test finds its file) passes on the untouched step and fails
+  once the defence is removed.
 
 The exercises are the ones steps.toml lists for each step. Each check runs pytest in a subprocess
 on a copy of the step, which the environment points the launcher at (`STEP_FOLDER_<step>`, see
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.course import ROOT, load
+from toolkit.course import ROOT, find_test, load
 
 COURSE = load()
 EXERCISES = [
@@ -103,7 +104,7 @@ def test_exercise_is_proven(exercise, untouched, tmp_path):
     step = step_of(exercise)
     patched = copy_step(step, tmp_path)
     if (exercise / "break.patch").exists():
-        test = (exercise / "must_fail.txt").read_text().strip()
+        test = find_test((exercise / "must_fail.txt").read_text().strip(), step.name)
         expect_outcome(run_tests(test, step, untouched(step)), "passed", f"{test} on the step")
         apply(exercise / "break.patch", patched)
         expect_outcome(run_tests(test, step, patched), "failed", f"{test} with break.patch")

@@ -1,10 +1,12 @@
 """The course described once: steps.toml, read for Python and for make.
 
 `python3 -m toolkit.course make` prints the Makefile's step variables (make includes them);
-`python3 -m toolkit.course table` prints the step table of the top README. Only the standard
+`python3 -m toolkit.course table` prints the step table of the top README; `python3 -m
+toolkit.course find-test NAME [STEP]` the node id of the test of that name. Only the standard
 library: make runs this before the virtual environment exists.
 """
 
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -85,6 +87,28 @@ def load(path: Path = ROOT / "steps.toml") -> Course:
     return Course(steps, data.get("helpers", {}))
 
 
+def find_test(name: str, step: str = "") -> str:
+    """The pytest node id of a test of tests/ named by its function (and its class, if it has
+    one), with its parameters if given: `test_x[03_chat]` -> `tests/test_chat_pages.py::test_x
+    [03_chat]`. Where several files define it, the one of `step` (tests/test_NN_*.py). Exercises
+    name tests this way, so that a test may move between files."""
+    *cls, function = name.split("[")[0].split("::")
+    wanted = re.compile(
+        rf"^class {cls[0]}\b.*?^    def {function}\(" if cls else rf"^def {function}\(",
+        re.MULTILINE | re.DOTALL,
+    )
+    found = [
+        path
+        for path in sorted((ROOT / "tests").glob("test_*.py"))
+        if wanted.search(path.read_text())
+    ]
+    if len(found) > 1:
+        found = [path for path in found if path.name.startswith(f"test_{step[:2]}_")]
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} test files define {name}, not one")
+    return f"{found[0].relative_to(ROOT)}::{name}"
+
+
 def make_variables(course: Course) -> str:
     """The Makefile's view of the course: one variable per fact."""
     lines = [f"step_numbers := {' '.join(course.steps)}"]
@@ -112,6 +136,9 @@ def readme_table(course: Course) -> str:
 
 if __name__ == "__main__":
     what = {"make": make_variables, "table": readme_table}
-    if len(sys.argv) != 2 or sys.argv[1] not in what:
-        sys.exit(f"usage: python3 -m toolkit.course {{{','.join(what)}}}")
-    sys.stdout.write(what[sys.argv[1]](load()))
+    if sys.argv[1:2] == ["find-test"] and len(sys.argv) in (3, 4):
+        print(find_test(*sys.argv[2:]))
+    elif len(sys.argv) == 2 and sys.argv[1] in what:
+        sys.stdout.write(what[sys.argv[1]](load()))
+    else:
+        sys.exit(f"usage: python3 -m toolkit.course {{{','.join(what)}}} | find-test NAME [STEP]")
