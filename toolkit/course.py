@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Graft:
-    """Files a step takes from a step other than its parent (step 08's jobs, from 06)."""
+    """Files a step takes from a step other than its parent (step 09's jobs, from 06)."""
 
     source: str  # the step's number
     takes: tuple[str, ...]  # compared with the source's by `make diff`
