@@ -94,9 +94,10 @@ class Stack:
         for name in reversed(PROCESSES):
             self.stop(name)
 
-    def start(self, name: str, timeout: float = 30) -> None:
+    def start(self, name: str, timeout: float = 60) -> None:
         """Start one line of the Procfile and wait until it serves (an app server: until it also
-        listens to Redis)."""
+        listens to Redis). A gunicorn worker boots after its master listens: with several stacks
+        starting at once on a busy machine (one per test process), that took over 30 s."""
         with self.log(name).open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "honcho", "start", name],
