@@ -109,8 +109,9 @@ tools-09: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 
 # The tests run `make step-05` and `make step-09` too, which need the runtime stamp. Four
 # processes share the tests (pytest-xdist): most tests wait on a browser or a server, so four fit
-# on two cores. Each module (and each class) runs in one process, so its servers start once.
-PARALLEL := -n 4 --dist loadscope
+# on two cores. Each module (and each class) runs in one process, so its servers start once; the
+# longest go first (tests/conftest.py orders them, --no-loadscope-reorder keeps that order).
+PARALLEL := -n 4 --dist loadscope --no-loadscope-reorder
 
 test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
