@@ -5,6 +5,8 @@
   step's app in this process, a private Redis;
 - stack: step 09's whole stack (nginx, two app servers, Redis) as `make step-09` runs it;
 - clients: chat clients spoken by hand (WebSocket frames, Socket.IO over a plain WebSocket);
+- inprocess: steps 07 and 08 made in the test's own process (Flask's and Flask-SocketIO's test
+  clients), standing where a server would;
 - people: accounts and rooms of steps 07 to 09 over HTTP;
 - pages: what a browser test checks on a page, and people on the pages of steps 07 to 09;
 - jobs: the jobs of steps 06 and 09, over HTTP and on the page;

@@ -1,7 +1,9 @@
 """The course's pytest fixtures, a plugin that tests/ and exercises/ both load
-(`pytest_plugins = ["toolkit.fixtures"]` in their conftest.py): step servers, browsers for one or
-two users, Socket.IO connections to steps 07 to 09. Also one check: a test that can launch a
-browser must be marked e2e, so that `make test-fast` can leave it out."""
+(`pytest_plugins = ["toolkit.fixtures"]` in their conftest.py): step servers, steps 07 and 08
+made in the test's process (`in_process`), step 09's stack shared by a process's tests
+(`shared_stack`), browsers for one or two users, Socket.IO connections to steps 07 to 09. Also one
+check: a test that can launch a browser must be marked e2e, so that `make test-fast` can leave it
+out."""
 
 import os
 import shutil
