@@ -467,6 +467,8 @@ class TestStep07RoomsAndLogins:
         type_into(bob, message_box(bob), "Hello Alice: <b>this stays text</b>")
         expect(room_log(alice, "general").get_by_role("listitem")).to_have_count(2)
         expect(alice.locator("section[data-room=general] .presence")).to_have_text("alice, bob")
+        # Bob's box empties when his message is acknowledged, which may come after Alice sees it.
+        expect(message_box(bob)).to_have_value("")
         type_into(bob, message_box(bob), "")
         expect(bob.get_by_role("alert")).not_to_be_empty()
         check_accessibility(bob)
