@@ -20,7 +20,7 @@ step_dir = $(step_dir_$(1))
 
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
-.PHONY: help test test-fast lint lab pictures bench bench-quick diff diff-all clean vendor tools-08 \
+.PHONY: help test test-fast lint lab pictures bench bench-quick diff diff-all clean vendor tools-09 \
 	exercise check solution test-exercises
 
 help: ## List the targets
@@ -36,7 +36,7 @@ step-%: $(VENV)/.runtime vendor-% ## Serve step NN at http://HOST:PORT, e.g. mak
 	@echo "Step $*: open http://$(HOST):$(PORT)/ in your browser (Ctrl-C stops the server)."
 	@HOST=$(HOST) PORT=$(PORT) $(PY) $(call step_dir,$*)/app.py
 
-# Steps 05 and 08 run their Procfile with honcho, from the step's folder, with the Redis at
+# Steps 05 and 09 run their Procfile with honcho, from the step's folder, with the Redis at
 # REDIS_URL if one answers there, otherwise with the Procfile's own redis on a free port. Ctrl-C
 # stops every process (honcho then exits with 130, which is no error here).
 REDIS_URL ?= redis://127.0.0.1:6379/0
@@ -66,35 +66,35 @@ step-05: $(VENV)/.runtime vendor-05 ## Serve step 05: two servers sharing Redis,
 	{ HOST=$(HOST) PORT=$(PORT) REDIS_URL=$$redis_url REDIS_PORT=$$1 \
 		$(honcho) -c server=2 $$processes || test $$? -eq 130; }
 
-# Step 08: nginx on these ports, in front of two app servers on free ports.
+# Step 09: nginx on these ports, in front of two app servers on free ports.
 HTTPS_PORT ?= 8443
 HTTP_PORT ?= 8080
-define NEED_08
-make installs nothing system-wide. Install them, then run make step-08 again:
+define NEED_09
+make installs nothing system-wide. Install them, then run make step-09 again:
   Debian or Ubuntu:  sudo apt-get install nginx openssl redis-server
   macOS (Homebrew):  brew install nginx openssl redis
 On Debian and Ubuntu the nginx package also starts a system-wide nginx on port 80, which
-step 08 does not use: sudo systemctl disable --now nginx stops it.
+step 09 does not use: sudo systemctl disable --now nginx stops it.
 endef
-export NEED_08
+export NEED_09
 
-step-08: $(VENV)/.runtime vendor-08 tools-08 $(addprefix $(call step_dir,08)/instance/,localhost.pem redis_password) ## Serve step 08: nginx (HTTPS, HTTP/2) before two app servers
-	@cd $(call step_dir,08) && set -- $$($(free_ports) app1 app2 redis) && \
+step-09: $(VENV)/.runtime vendor-09 tools-09 $(addprefix $(call step_dir,09)/instance/,localhost.pem redis_password) ## Serve step 09: nginx (HTTPS, HTTP/2) before two app servers
+	@cd $(call step_dir,09) && set -- $$($(free_ports) app1 app2 redis) && \
 	if $(redis_answers); then redis_url=$(REDIS_URL) processes="app1 app2 nginx"; \
 	else redis_url=redis://:$$(cat instance/redis_password)@127.0.0.1:$$3/0 processes=; \
 		echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; fi && \
-	echo "Step 08: open https://localhost:$(HTTPS_PORT)/ (accept the self-signed certificate once)." && \
+	echo "Step 09: open https://localhost:$(HTTPS_PORT)/ (accept the self-signed certificate once)." && \
 	echo "Ctrl-C stops everything." && \
 	{ INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 \
 		APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url $(honcho) $$processes || test $$? -eq 130; }
 
-tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 08) are here
+tools-09: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 09) are here
 	@missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	command -v redis-server >/dev/null || $(redis_answers) || missing="$$missing redis-server"; \
-	test -z "$$missing" || { echo "Step 08 runs real servers, and this machine lacks:$$missing" >&2; \
-		echo "$$NEED_08" >&2; exit 1; }
+	test -z "$$missing" || { echo "Step 09 runs real servers, and this machine lacks:$$missing" >&2; \
+		echo "$$NEED_09" >&2; exit 1; }
 
-# The password of step 08's private Redis, made once, readable by you alone: without one, anyone
+# The password of step 09's private Redis, made once, readable by you alone: without one, anyone
 # on the machine could read and inject the chat's traffic (the Procfile hands it to redis-server).
 %/redis_password:
 	@mkdir -p $(@D)
@@ -107,10 +107,11 @@ tools-08: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 0
 		-addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
 		-keyout $(@D)/localhost-key.pem -out $@ 2>/dev/null
 
-# The tests run `make step-05` and `make step-08` too, which need the runtime stamp. Four
+# The tests run `make step-05` and `make step-09` too, which need the runtime stamp. Four
 # processes share the tests (pytest-xdist): most tests wait on a browser or a server, so four fit
-# on two cores. Each module (and each class) runs in one process, so its servers start once.
-PARALLEL := -n 4 --dist loadscope
+# on two cores. Each module (and each class) runs in one process, so its servers start once; the
+# longest go first (tests/conftest.py orders them, --no-loadscope-reorder keeps that order).
+PARALLEL := -n 4 --dist loadscope --no-loadscope-reorder
 
 test: $(VENV)/.test $(VENV)/.runtime vendor ## Run every test: fast tier, end-to-end in a browser, notebooks
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
@@ -175,13 +176,13 @@ test-exercises: $(VENV)/.test $(VENV)/.runtime vendor ## Prove every exercise: i
 		exercises/prove.py -n 3 -p no:cacheprovider --durations=5
 
 # The READMEs' pictures are screenshots that tests/test_pages.py takes of the real pages when
-# PICTURES=1. Each test class is one step: STEP="07 08" picks TestStep07... and TestStep08...
-pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="07 08": those steps')
+# PICTURES=1. Each test class is one step: STEP="08 09" picks TestStep08... and TestStep09...
+pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="08 09": those steps')
 	@browser=$$(bash tests/find-browser.sh $(PY)) && PICTURES=1 CHROMIUM_PATH="$$browser" \
 		$(PY) -m pytest tests/test_pages.py -n 2 --dist loadscope \
 		-k "Step$(firstword $(STEP)) $(patsubst %,or Step%,$(STEP))"
 
-bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, then 07 and 08 up to 10,000 pages (~40 min): bench/results.md
+bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, then 08 and 09 up to 10,000 pages (~40 min): bench/results.md
 	$(PY) bench/run.py --out bench/results.json
 	$(call bench_report,results,latency)
 

@@ -26,7 +26,7 @@ HISTORY = 50
 # unsent data it is dropped so that it cannot use up the server's memory.
 MAX_UNSENT_BYTES = 1024 * 1024
 # 0: the online count goes to everyone on every join and leave, N² frames for N joins. Beside
-# steps 07 and 08 (up to 10,000 pages, 50 million frames) it is sent at most every COUNT_DELAY
+# steps 08 and 09 (up to 10,000 pages, 50 million frames) it is sent at most every COUNT_DELAY
 # seconds instead, as the steps send their presence.
 COUNT_DELAY = float(os.environ.get("COUNT_DELAY", "0"))
 

@@ -6,8 +6,8 @@ again) so that noise from the rest of the machine spreads over all the modes, th
 included. Two attacks (a flood, a client that never reads) are measured on steps 03 and 04 with
 their defence on and off.
 
-Then steps 07 and 08 with signed-in pages, each beside the reference in the same
-run: step 07's `python app.py` beside the reference on its own, step 08's whole stack (nginx with
+Then steps 08 and 09 with signed-in pages, each beside the reference in the same
+run: step 08's `python app.py` beside the reference on its own, step 09's whole stack (nginx with
 TLS, two app servers, Redis) beside the reference behind the same nginx. One round: a run of
 10,000 pages takes minutes. notebooks/bench.ipynb turns the file into bench/results.md.
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 and 50 clients, one round")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
-    parser.add_argument("--pages-only", action="store_true", help="steps 07 and 08 only")
+    parser.add_argument("--pages-only", action="store_true", help="steps 08 and 09 only")
     options = parser.parse_args()
     plan = PLANS["quick" if options.quick else "full"]
     messages, rate = plan["frozen"]

@@ -214,7 +214,7 @@ def test_the_bench_refuses_unbounded_runs():
 
 def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_rooms():
     async def scenario():
-        # Steps 07 and 08 as the bench speaks to them, faked: Engine.IO's open packet, Socket.IO's
+        # Steps 08 and 09 as the bench speaks to them, faked: Engine.IO's open packet, Socket.IO's
         # connect, a join acknowledged with 430, and every message broadcast to its room only.
         rooms, senders, seen = {}, {}, []
 

@@ -1,7 +1,7 @@
 """Copies stay true: what a step carries from the step it grows from is that step's, byte for byte.
 
 steps.toml says, for each step, its parent, the files it carries from it unchanged (`carries`),
-and for step 08 the files it takes from step 06 (`graft`): one byte of difference fails, and so
+and for step 09 the files it takes from step 06 (`graft`): one byte of difference fails, and so
 does a file that is identical to the other step's but not listed, so the lists are exactly the
 truth. `[helpers]` does the same for the functions and classes carried in files that do change,
 in Python and in the pages' JavaScript: each group of steps shares one spelling, word for word.
@@ -22,13 +22,14 @@ SOURCES = [(number, source) for number, step in COURSE.steps.items() for source 
 
 
 def files(step: str) -> set[str]:
-    """The step's own files, as paths inside its folder (what make and a run add left out)."""
+    """The step's own files, as paths inside its folder (what make and a run add left out, and
+    the README's pictures, which the tests take of the step's pages)."""
     folder = STEPS[step]
     paths = (path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
     return {
         str(path)
         for path in paths
-        if not {"vendor", "__pycache__", "instance", ".pytest_cache"} & set(path.parts)
+        if not {"vendor", "__pycache__", "instance", ".pytest_cache", "pictures"} & set(path.parts)
     }
 
 

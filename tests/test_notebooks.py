@@ -81,5 +81,10 @@ class TestNotebook07RoomsAndLogins(Notebook):
     NOTEBOOK = "07_rooms_and_logins"
 
 
+# Each attack of step 08's table, against steps 07 and 08: in the kernel, with small settings.
+class TestNotebook08UnderAttack(Notebook):
+    NOTEBOOK = "08_under_attack"
+
+
 class TestNotebookBench(Notebook):
     NOTEBOOK, TIMES = "bench", 2

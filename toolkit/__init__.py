@@ -3,11 +3,13 @@
 - course: the course described once (steps.toml), for Python and for make;
 - launcher: run a step as a learner does (a process on a free port, stopped by its PID), load a
   step's app in this process, a private Redis;
-- stack: step 08's whole stack (nginx, two app servers, Redis) as `make step-08` runs it;
+- stack: step 09's whole stack (nginx, two app servers, Redis) as `make step-09` runs it;
 - clients: chat clients spoken by hand (WebSocket frames, Socket.IO over a plain WebSocket);
-- people: accounts and rooms of steps 07 and 08 over HTTP;
-- pages: what a browser test checks on a page, and people on the pages of steps 07 and 08;
-- jobs: the jobs of steps 06 and 08, over HTTP and on the page;
+- inprocess: steps 07 and 08 made in the test's own process (Flask's and Flask-SocketIO's test
+  clients), standing where a server would;
+- people: accounts and rooms of steps 07 to 09 over HTTP;
+- pages: what a browser test checks on a page, and people on the pages of steps 07 to 09;
+- jobs: the jobs of steps 06 and 09, over HTTP and on the page;
 - loadgen and bench: the load generator and what the bench measures;
 - fixtures: the pytest plugin that tests/ and exercises/ load.
 

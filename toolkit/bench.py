@@ -108,21 +108,21 @@ def measure(mode: tuple, log_dir: Path, env: dict = NO_LIMIT, **scenario) -> dic
     return {"mode": name, "env": env, "load_average": os.getloadavg()[0], **result}
 
 
-# --- steps 07 and 08: signed-in pages, each joined to a room ---
+# --- steps 08 and 09: signed-in pages, each joined to a room ---
 
 # (pages, messages, messages a second per room, rooms): "pages" is one room, "general", with
 # one sender; "rate" is 20 rooms of 10 pages, a sender in each, the rate limit off (SEND_RATE=0).
 PAGE_PLANS = {
     "full": {
-        "07": [("pages", pages, 50, 5, 1) for pages in (250, 500, 1000)]
+        "08": [("pages", pages, 50, 5, 1) for pages in (250, 500, 1000)]
         + [("rate", 200, 100, rate, 20) for rate in (25, 50, 100)],
-        "08": [("pages", pages, 50, 5, 1) for pages in (1000, 2000)]
+        "09": [("pages", pages, 50, 5, 1) for pages in (1000, 2000)]
         + [("pages", pages, 20, 1, 1) for pages in (5000, 10_000)]
         + [("rate", 200, 250, rate, 20) for rate in (25, 50, 100, 150)],
     },
     "quick": {
-        "07": [("pages", 100, 10, 5, 1)],
-        "08": [("pages", 200, 10, 5, 1), ("rate", 100, 40, 20, 10)],
+        "08": [("pages", 100, 10, 5, 1)],
+        "09": [("pages", 200, 10, 5, 1), ("rate", 100, 40, 20, 10)],
     },
 }
 PAGES_PER_PROCESS = 1250  # each load process signs in its own account
@@ -141,9 +141,9 @@ def signed_in(target: dict, name: str) -> str:
 
 
 @contextlib.contextmanager
-def step_07(folder: Path):
+def step_08(folder: Path):
     """`python app.py`: Werkzeug, a thread per page (and Engine.IO's own)."""
-    server = StepServer("07_rooms_and_logins", folder, INSTANCE_PATH=folder, **NO_LIMIT)
+    server = StepServer("08_under_attack", folder, INSTANCE_PATH=folder, **NO_LIMIT)
     with server:
         yield {
             "url": server.url,
@@ -155,9 +155,9 @@ def step_07(folder: Path):
 
 
 @contextlib.contextmanager
-def step_08(folder: Path):
-    """The Procfile's four processes, through nginx with TLS, as `make step-08` runs them."""
-    with Stack("08_production", folder, **NO_LIMIT) as stack:
+def step_09(folder: Path):
+    """The Procfile's four processes, through nginx with TLS, as `make step-09` runs them."""
+    with Stack("09_production", folder, **NO_LIMIT) as stack:
         servers = {name: process.pid for name, process in stack.processes.items()}
         yield {
             "url": stack.url,
@@ -171,7 +171,7 @@ def step_08(folder: Path):
 
 @contextlib.contextmanager
 def reference(folder: Path, behind_nginx: bool):
-    """The reference server; behind step 08's nginx (its Procfile line and nginx.conf, with both
+    """The reference server; behind step 09's nginx (its Procfile line and nginx.conf, with both
     app servers at the reference's port). It sends the online count every 0.2 s, as the steps."""
     command = [sys.executable, str(BENCH / "reference_server.py")]
     with StepServer("reference", folder, command=command, COUNT_DELAY=0.2) as server:
@@ -182,7 +182,7 @@ def reference(folder: Path, behind_nginx: bool):
                 "servers": {"reference": server.process.pid},
             }
             return
-        stack = Stack("08_production", folder)
+        stack = Stack("09_production", folder)
         stack.env.update(APP1_PORT=str(server.port), APP2_PORT=str(server.port))
         subprocess.run(["make", "-s", str(stack.certificate)], cwd=ROOT, check=True, timeout=60)
         try:
@@ -199,10 +199,10 @@ def reference(folder: Path, behind_nginx: bool):
 
 # (name, the group it belongs to, how to start it)
 PAGE_MODES = [
-    ("07 reference (asyncio, no framework)", "07", lambda folder: reference(folder, False)),
-    ("07 Werkzeug (python app.py)", "07", step_07),
-    ("08 reference behind nginx", "08", lambda folder: reference(folder, True)),
-    ("08 nginx, 2 gunicorn gevent, Redis", "08", step_08),
+    ("08 reference (asyncio, no framework)", "08", lambda folder: reference(folder, False)),
+    ("08 Werkzeug (python app.py)", "08", step_08),
+    ("09 reference behind nginx", "09", lambda folder: reference(folder, True)),
+    ("09 nginx, 2 gunicorn gevent, Redis", "09", step_09),
 ]
 
 

@@ -7,7 +7,7 @@
 - For floods and frozen clients: `Listener` reads a connection in a thread of its own,
   `tiny_buffer_socket` makes a client whose reads the server soon cannot outpace, and
   `send_past_a_frozen_client` is the Socket.IO experiment of steps 04 and 05.
-- For clients that hold on (steps 07 and 08): `websocket_by_hand` opens a WebSocket on a bare
+- For clients that hold on (steps 07 to 09): `websocket_by_hand` opens a WebSocket on a bare
   socket, which then does only what the test makes it do (`masked_frame`), and
   `cut_by_server` says whether the server has ended it.
 """
@@ -155,7 +155,7 @@ class SocketIOByHand:
 
     def __init__(self, server, cookie=None, auth=None, origin=None, **options):
         """`options` go to websockets' `connect` (a `sock` of one's own, say)."""
-        if hasattr(server, "certificate"):  # step 08's stack: TLS, with its self-signed certificate
+        if hasattr(server, "certificate"):  # step 09's stack: TLS, with its self-signed certificate
             options["ssl"] = ssl.create_default_context(cafile=server.certificate)
         # No Origin header unless given, like most scripts.
         self.ws = connect(
@@ -253,6 +253,15 @@ class SocketIOByHand:
         self.ws.close()
 
 
+def socketio_by_hand(server, cookie=None, auth=None, **options):
+    """A SocketIOByHand to `server`, or its twin in the test's own process when the server is
+    one (toolkit.inprocess.InProcess): the same packets, no WebSocket."""
+    if hasattr(server, "open_socket"):
+        assert not options, f"in process, a socket takes no {sorted(options)}"
+        return server.open_socket(cookie, auth)
+    return SocketIOByHand(server, cookie, auth, **options)
+
+
 def socketio_texts(packet):
     """The texts of the chat messages in one Socket.IO packet (for `Listener`)."""
     event = event_in(packet)
@@ -335,7 +344,7 @@ def tiny_buffer_socket(port, segment=None):
 
 def websocket_by_hand(server, query="EIO=4&transport=websocket"):
     """A socket on which a WebSocket to `/socket.io/?<query>` was opened by hand (over TLS to
-    step 08's stack), and nothing else done: no library answers a ping or a close frame for it,
+    step 09's stack), and nothing else done: no library answers a ping or a close frame for it,
     or closes it. What came after the handshake's answer is left to read."""
     tls = hasattr(server, "certificate")
     host, port = ("localhost", server.https_port) if tls else ("127.0.0.1", server.port)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Graft:
-    """Files a step takes from a step other than its parent (step 08's jobs, from 06)."""
+    """Files a step takes from a step other than its parent (step 09's jobs, from 06)."""
 
     source: str  # the step's number
     takes: tuple[str, ...]  # compared with the source's by `make diff`
@@ -90,8 +90,9 @@ def load(path: Path = ROOT / "steps.toml") -> Course:
 def find_test(name: str, step: str = "") -> str:
     """The pytest node id of a test of tests/ named by its function (and its class, if it has
     one), with its parameters if given: `test_x[03_chat]` -> `tests/test_chat_pages.py::test_x
-    [03_chat]`. Where several files define it, the one of `step` (tests/test_NN_*.py). Exercises
-    name tests this way, so that a test may move between files."""
+    [03_chat]`. Where several files define it, the one of `step`: tests/test_NN_*.py with the
+    highest NN up to the step's (a test that runs on steps 07 and 08 lives in a test_07_ file).
+    Exercises name tests this way, so that a test may move between files."""
     *cls, function = name.split("[")[0].split("::")
     wanted = re.compile(
         rf"^class {cls[0]}\b.*?^    def {function}\(" if cls else rf"^def {function}\(",
@@ -102,8 +103,10 @@ def find_test(name: str, step: str = "") -> str:
         for path in sorted((ROOT / "tests").glob("test_*.py"))
         if wanted.search(path.read_text())
     ]
-    if len(found) > 1:
-        found = [path for path in found if path.name.startswith(f"test_{step[:2]}_")]
+    numbered = [path for path in found if re.match(r"test_\d\d_", path.name)]
+    if len(found) > 1 and step:
+        up_to_step = [path.name[5:7] for path in numbered if path.name[5:7] <= step[:2]]
+        found = [path for path in numbered if up_to_step and path.name[5:7] == max(up_to_step)]
     if len(found) != 1:
         raise LookupError(f"{len(found)} test files define {name}, not one")
     return f"{found[0].relative_to(ROOT)}::{name}"

@@ -1,20 +1,24 @@
 """The course's pytest fixtures, a plugin that tests/ and exercises/ both load
-(`pytest_plugins = ["toolkit.fixtures"]` in their conftest.py): step servers, browsers for one or
-two users, Socket.IO connections to steps 07 and 08. Also one check: a test that can launch a
-browser must be marked e2e, so that `make test-fast` can leave it out."""
+(`pytest_plugins = ["toolkit.fixtures"]` in their conftest.py): step servers, steps 07 and 08
+made in the test's process (`in_process`), step 09's stack shared by a process's tests
+(`shared_stack`), browsers for one or two users, Socket.IO connections to steps 07 to 09. Also one
+check: a test that can launch a browser must be marked e2e, so that `make test-fast` can leave it
+out."""
 
 import os
 import shutil
 
 import pytest
 
-from toolkit.clients import SocketIOByHand
+from toolkit.clients import socketio_by_hand
+from toolkit.inprocess import InProcess
 from toolkit.launcher import RedisServer, StepServer
 from toolkit.pages import OriginGuard
 from toolkit.people import OK, rows
+from toolkit.stack import SHARED_SETTINGS, TOOLS, Stack
 
-# Steps 07 and 08 hash passwords with scrypt at 170 ms of CPU a hash, Werkzeug's default; the
-# servers the tests start inherit this cheaper one (4 ms), which halves step 07's tests. The
+# Steps 07 to 09 hash passwords with scrypt at 170 ms of CPU a hash, Werkzeug's default; the
+# servers the tests start inherit this cheaper one (4 ms), which halves step 08's tests. The
 # test that times a refused sign-in sets the real one.
 os.environ.setdefault("PASSWORD_HASH", "scrypt:1024:8:1")
 
@@ -78,6 +82,15 @@ def redis_server(tmp_path):
         yield server
 
 
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory):
+    """Step 09's whole stack (toolkit.stack.Stack) with SHARED_SETTINGS, started once in each
+    pytest process and shared by every test that stops nothing of it."""
+    need_tools(*TOOLS)
+    with Stack("09_production", tmp_path_factory.mktemp("stack"), **SHARED_SETTINGS) as stack:
+        yield stack
+
+
 @pytest.fixture
 def new_user(new_context):
     """Open a page for a new user (own browser context, own cookies).
@@ -107,9 +120,22 @@ def two_users(new_user):
     return new_user(), new_user()
 
 
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """Make a step's app in this process (toolkit.inprocess.InProcess), where a handler's logic
+    is the point and not the transport: `chat = in_process("07_rooms_and_logins", SEND_RATE=0)`
+    has a database of its own and stands where a server would, for people.py's helpers and for
+    `connect`. Module scope, so that a module's fixtures may share one app."""
+
+    def make(step, **config):
+        return InProcess(step, tmp_path_factory.mktemp(step), **config)
+
+    return make
+
+
 @pytest.fixture
 def connect():
-    """Open Socket.IO connections to step 07 or 08 (clients.SocketIOByHand), as a signed-in
+    """Open Socket.IO connections to steps 07 to 09 (clients.SocketIOByHand), as a signed-in
     page does: `alice_socket = connect(server, alice, rooms=["general"])`."""
     sockets = []
 
@@ -118,7 +144,7 @@ def connect():
         `options` go to SocketIOByHand."""
         if last_id is None:
             last_id = rows(server, "SELECT coalesce(max(id), 0) FROM messages")[0][0]
-        socket = SocketIOByHand(server, person.cookie, {"last_id": last_id}, **options)
+        socket = socketio_by_hand(server, person.cookie, {"last_id": last_id}, **options)
         sockets.append(socket)
         assert socket.answer.startswith('40{"sid"'), socket.answer
         for room in rooms:

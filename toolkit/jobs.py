@@ -1,6 +1,6 @@
-"""The jobs of steps 06 and 08, for tests and exercises: start one and read its stream over plain
+"""The jobs of steps 06 and 09, for tests and exercises: start one and read its stream over plain
 HTTP, as any program outside a browser would use the contract, or start one on the page and read
-its card; step 08's through nginx."""
+its card; step 09's through nginx."""
 
 import http.client
 import re
@@ -92,7 +92,7 @@ def start_job_on_page(page):
     return cards.nth(count)
 
 
-# --- step 08's jobs, through nginx ---
+# --- step 09's jobs, through nginx ---
 
 
 def start_job_as(user, stack):
@@ -148,3 +148,21 @@ def watch_events(stack, job, produced, count):
             for entry_id, _ in entries:
                 produced[int(entry_id.split("-")[0])] = time.monotonic()
                 last = entry_id
+
+
+def start_job_in_page(page, stack):
+    """Start a job on the jobs page of step 09's stack: the URL of the job's own page."""
+    page.goto(f"{stack.url}/jobs")
+    page.get_by_role("button", name="Start a job").click()
+    return page.get_by_role("link", name="Follow this job in another tab").get_attribute("href")
+
+
+def steps_shown(page):
+    return page.locator("article.job li")
+
+
+def expect_progress(pages, steps=3):
+    """Each page's job log gains `steps` more steps (0.2 s each), all pages at the same time."""
+    counts = [steps_shown(page).count() for page in pages]
+    for page, count in zip(pages, counts, strict=True):
+        expect(steps_shown(page).nth(count + steps - 1)).to_be_attached()

@@ -153,6 +153,14 @@ class StepServer:
         return self.process.poll() is not None or accepts(self.port)
 
 
+def chat_server(step: str, folder: Path, **env) -> StepServer:
+    """A StepServer of step 07 or 08 with its instance folder in `folder`: a database of its own,
+    at `.database`, which people.rows reads."""
+    server = StepServer(step, folder, INSTANCE_PATH=folder / "instance", **env)
+    server.database = folder / "instance" / "chat.sqlite"
+    return server
+
+
 def start_side_by_side(step: str, count: int, log_dir: Path, **env) -> list[StepServer]:
     """`count` servers of a step with the same settings, started at once to share the wait."""
     servers = [StepServer(step, log_dir, **env) for _ in range(count)]

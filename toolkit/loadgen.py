@@ -8,7 +8,7 @@ own client costs more CPU than the server it would measure). Past `per_process` 
 is spread over several processes, and each reports the CPU it used. `flood()` is the
 attack instead: one client sends as fast as it can while the others listen.
 
-Steps 07 and 08 (protocol "rooms") are Socket.IO with a signed-in page's cookie and a room to
+Steps 07 to 09 (protocol "rooms") are Socket.IO with a signed-in page's cookie and a room to
 join: each load process is given its own `Page` (whose cookie, from which loopback address, which
 certificate to trust), and with several rooms, one client in each room sends.
 
@@ -37,7 +37,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-# 10,000 pages: step 08's goal. The steps refuse messages longer than MAX_CHARS.
+# 10,000 pages: step 09's goal. The steps refuse messages longer than MAX_CHARS.
 MAX_CLIENTS, MAX_MESSAGES, MAX_CHARS = 10_000, 5000, 500
 # Handshakes in flight at once, per load process: 500 at the same instant overflow the listen
 # backlog (128 in Werkzeug, 100 in asyncio), and we would time the kernel's SYN retry (1 s, 3 s).
@@ -59,9 +59,9 @@ def loopback_only(url: str) -> None:
 
 @dataclass(frozen=True)
 class Page:
-    """How one load process's clients connect to steps 07 and 08: with the session cookie of its
+    """How one load process's clients connect to steps 07 to 09: with the session cookie of its
     account, from loopback addresses of its own, taken in turn (nginx limits the connections
-    from one address), trusting step 08's self-signed certificate. (Plain data: it goes to the
+    from one address), trusting step 09's self-signed certificate. (Plain data: it goes to the
     helper processes.)"""
 
     cookie: str | None = None
@@ -83,7 +83,7 @@ class Page:
 
 async def open_socket(url: str, protocol: str, room: str | None = None, **options):
     """A connected client; for Socket.IO, one that has joined the namespace "/", and for steps
-    07 and 08 ("rooms") the room `room` too."""
+    07 to 09 ("rooms") the room `room` too."""
     if protocol in ("socketio", "rooms"):
         url = urlsplit(url)._replace(path="/socket.io/", query="EIO=4&transport=websocket").geturl()
     async with asyncio.timeout(60):
@@ -263,7 +263,7 @@ def server_usage(pid: int) -> tuple[float, float, int]:
 
 
 def usage_of(pids: dict) -> dict:
-    """server_usage of each named server (step 08: nginx, app1, app2, redis)."""
+    """server_usage of each named server (step 09: nginx, app1, app2, redis)."""
     return {name: server_usage(pid) for name, pid in pids.items()}
 
 
@@ -289,7 +289,7 @@ async def run(
     """Connect `clients` clients (and `frozen` frozen ones), let the first send `messages`
     messages at `rate` per second, and return the figures of the run.
 
-    Steps 07 and 08: `pages` gives each load process its Page (as many processes as pages); the
+    Steps 07 to 09: `pages` gives each load process its Page (as many processes as pages); the
     clients are spread over `rooms`, and the first client in each room sends. `servers` names
     the processes to measure ({"nginx": pid, "app1": pid, ...}) instead of `server_pid`."""
     loopback_only(url)

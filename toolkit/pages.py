@@ -1,13 +1,14 @@
 """In the browser: what the tests check on a page (that it changed without a reload, that it
-fetched nothing from another origin), and what people do on the pages of steps 07 and 08 (sign
+fetched nothing from another origin), and what people do on the pages of steps 07 to 09 (sign
 up, sign in, sign out, send a message)."""
 
+import re
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from playwright.sync_api import expect
 
-from toolkit.people import PASSWORD, unique
+from toolkit.people import PASSWORD, rows, unique
 
 # How long a page may take to come back after a server restart (ms, for Playwright): the server
 # starts in a second or two on a loaded machine, and the client library backs off between tries.
@@ -64,7 +65,7 @@ class OriginGuard:
             self.foreign.append(f"{page.url} fetched {url}")
 
 
-# --- people on the pages of steps 07 and 08 ---
+# --- people on the pages of steps 07 to 09 ---
 
 
 def sign_up_in_browser(page, server, name=None):
@@ -125,3 +126,43 @@ def create_room_in(page, members=()):
     page.get_by_role("link", name=f"Back to {room}").click()
     expect(page.locator("#status")).to_have_text("connected")
     return room
+
+
+def shown_ids(page, room):
+    """The ids of the messages the page shows in a room, in page order."""
+    return page.locator(f"section[data-room='{room}'] li").evaluate_all(
+        "items => items.map((item) => Number(item.dataset.id))"
+    )
+
+
+def expect_every_message_once_in_id_order(server, page, room):
+    """The page's log holds exactly the room's messages in the database, in id order."""
+    stored = [row[0] for row in rows(server, "SELECT id FROM messages WHERE room = ?", room)]
+    expect(log(page, room).get_by_role("listitem")).to_have_count(len(stored))
+    assert shown_ids(page, room) == stored
+
+
+# --- on step 09's stack: two app servers behind nginx ---
+
+
+def signed_up_through_nginx(page, stack):
+    """The page, signed up as a new user, its socket connected to one of the two app servers."""
+    sign_up_in_browser(page, stack)
+    expect(page.locator("#server")).to_have_text(re.compile(r"^app[12]$"))
+    return page
+
+
+def server_of(page):
+    """The app server the page's socket is connected to: app1 or app2."""
+    return page.locator("#server").text_content()
+
+
+def user_name(page):
+    return page.locator("header b").text_content()
+
+
+def sockets_closed(page):
+    """A list that fills up with the URL of each WebSocket of the page that closes."""
+    closed = []
+    page.on("websocket", lambda ws: ws.on("close", lambda ws: closed.append(ws.url)))
+    return closed

@@ -1,4 +1,4 @@
-"""People of steps 07 and 08, for tests and the bench: sign up, sign in and sign out, rooms.
+"""People of steps 07 to 09, for tests and the bench: sign up, sign in and sign out, rooms.
 
 - Over HTTP, as a script would: `sign_up`, `sign_in` and `sign_out` give or take a `Person`, whose
   requests session holds the session cookie; `post_form` submits any of the pages' forms;
@@ -7,7 +7,7 @@
   `messages_until`, `presence_until`.
 (In the browser, as a person would: toolkit/pages.py.)
 
-Step 07's server and step 08's stack both have `url` (step 08's over HTTPS, with its
+The servers of steps 07 and 08 and step 09's stack all have `url` (step 09's over HTTPS, with its
 self-signed `certificate`).
 """
 
@@ -20,6 +20,8 @@ import requests
 
 PASSWORD = "correct horse"
 OK = {"ok": True}  # what the server answers a join or a message it accepted
+NO_SUCH_ROOM = {"error": "There is no room by that name that you may enter."}
+REFUSED = '44{"message":"You are not signed in: sign in again."}'  # Socket.IO's connect error
 # Every form carries the session's token; the jobs page renders it without `type`.
 CSRF_TOKEN = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
 
@@ -55,10 +57,14 @@ class FromAddress(requests.adapters.HTTPAdapter):
 
 
 def session(server):
+    """A browser's cookies and requests: a requests.Session, or for a step in this process
+    (toolkit.inprocess.InProcess) Flask's test client in its clothes."""
+    if hasattr(server, "http_session"):
+        return server.http_session()
     http = requests.Session()
     http.trust_env = False  # the servers are local: no proxy, and no CA bundle from the environment
     if hasattr(server, "certificate"):
-        http.verify = str(server.certificate)  # step 08's, self-signed
+        http.verify = str(server.certificate)  # step 09's, self-signed
     return http
 
 

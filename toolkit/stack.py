@@ -1,6 +1,6 @@
-"""Step 08's whole stack: the Procfile's processes, on free ports, as make runs them.
+"""Step 09's whole stack: the Procfile's processes, on free ports, as make runs them.
 
-`make step-08` runs every line of the Procfile under one honcho, which stops them all when one
+`make step-09` runs every line of the Procfile under one honcho, which stops them all when one
 stops. A rolling restart stops one app server and starts it again, as systemd would on a real
 host, where each line is a service of its own: so here each line runs under a honcho of its own,
 with the environment make gives it. The certificate comes from make's own rule.
@@ -8,12 +8,16 @@ with the environment make gives it. The certificate comes from make's own rule.
 
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
+from websockets.sync.client import connect as open_websocket
 
 from toolkit.launcher import ROOT, accepts, free_port, step_folder, wait_until
 
@@ -52,7 +56,7 @@ class Stack:
         self.ports["nginx"] = self.https_port
         self.url = f"https://localhost:{self.https_port}"
         self.ws_url = f"wss://localhost:{self.https_port}"
-        # Redis' password, made by make's own rule, as `make step-08` does.
+        # Redis' password, made by make's own rule, as `make step-09` does.
         password = self.instance / "redis_password"
         subprocess.run(["make", "-s", str(password)], cwd=ROOT, check=True, timeout=60)
         self.redis_url = (
@@ -77,8 +81,11 @@ class Stack:
     def __enter__(self):
         subprocess.run(["make", "-s", str(self.certificate)], cwd=ROOT, check=True, timeout=60)
         try:
-            for name in PROCESSES:
-                self.start(name)
+            # Redis first: the app servers connect to it as they boot. They and nginx (which
+            # waits for no one: it proxies each request as it comes) then start side by side.
+            self.start("redis")
+            with ThreadPoolExecutor() as pool:
+                list(pool.map(self.start, PROCESSES[1:]))
         except BaseException:
             self.__exit__()
             raise
@@ -91,9 +98,10 @@ class Stack:
         for name in reversed(PROCESSES):
             self.stop(name)
 
-    def start(self, name: str, timeout: float = 30) -> None:
+    def start(self, name: str, timeout: float = 60) -> None:
         """Start one line of the Procfile and wait until it serves (an app server: until it also
-        listens to Redis)."""
+        listens to Redis). A gunicorn worker boots after its master listens: with several stacks
+        starting at once on a busy machine (one per test process), that took over 30 s."""
         with self.log(name).open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "honcho", "start", name],
@@ -110,7 +118,7 @@ class Stack:
         if self._exited(name):
             raise RuntimeError(f"{name} stopped at start:\n{self.output(name)}")
         if name == "redis" and self._asks_no_password():
-            # A Redis started without its password (break-it 08-b12): the apps and the tests
+            # A Redis started without its password (break-it 09-b12): the apps and the tests
             # then talk to it without one, as anyone on the machine can.
             self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
             self.env["REDIS_URL"] = self.redis_url
@@ -152,3 +160,17 @@ class Stack:
 
     def _exited(self, name: str) -> bool:
         return self.processes[name].poll() is not None
+
+
+def websocket_from(stack: Stack, address: str):
+    """An Engine.IO WebSocket through the stack's nginx, from `address` (all of 127/8 is
+    loopback): nginx limits the connections of one address."""
+    sock = socket.create_connection(("127.0.0.1", stack.https_port), source_address=(address, 0))
+    return open_websocket(
+        f"wss://localhost:{stack.https_port}/socket.io/?EIO=4&transport=websocket",
+        sock=sock,
+        ssl=ssl.create_default_context(cafile=stack.certificate),
+        server_hostname="localhost",
+        close_timeout=0.1,
+        legacy=True,
+    )

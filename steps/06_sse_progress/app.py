@@ -7,7 +7,7 @@ comes back with Last-Event-ID gets exactly what it missed, then the live events.
 extra library on the server. Run it with `make step-06` or `python app.py`.
 
 The jobs, their pages and their streams are in jobs.py, a blueprint: this file makes the app and
-serves it, as step 08's app.py serves the same blueprint behind nginx. (clock.py is a second, tiny
+serves it, as step 09's app.py serves the same blueprint behind nginx. (clock.py is a second, tiny
 app, for the notebook's comparison of transports.)
 """
 

@@ -2,17 +2,14 @@
 
 Who is on each socket (`online`), the handlers of the contract (README), and presence, coalesced
 per room. What the handlers check and store is in messages.py (who may enter a room, catch-up by
-id), the rate limit in rate_limit.py, and the policing of Engine.IO's connections in
-connections.py. app.py gives `socketio` its settings and starts the background tasks
-(`start_tasks`). accounts.py and rooms.py call the last two functions (close a login's sockets,
-take a user's sockets out of a room); this module imports neither of them.
+id), the rate limit in rate_limit.py. accounts.py and rooms.py call the last two functions (close
+a login's sockets, take a user's sockets out of a room); this module imports neither of them.
 """
 
 import functools
 import threading
 from dataclasses import dataclass, field
 
-import connections
 from flask import request
 from flask_login import current_user
 from flask_socketio import (
@@ -27,7 +24,6 @@ from messages import missed, read_message, rooms_open_to, store
 from rate_limit import allow_send
 
 PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
-LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a last_id above it makes the query fail
 SIGN_IN_AGAIN = "You are not signed in: sign in again."
 NO_SUCH_ROOM = "There is no room by that name that you may enter."
 
@@ -51,22 +47,19 @@ state_lock = threading.Lock()  # for the two above: each socket's handlers run i
 # Held while what a room says or who hears it changes: storing and broadcasting a message,
 # joining a room and sending what it missed, removing a member. So each socket receives a room's
 # messages in id order, each once, and no one is added or removed between a check and its use.
-# One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
-# message must not overtake an older one of another room (README, "How many pages").
+# One lock for all rooms: the page's bookmark is one id for every room, so a message must not
+# overtake an older one of another room.
 room_lock = threading.Lock()
 
 
 @socketio.on("connect")
 def on_connect(auth):
-    if sent_as_an_event():
-        return False
     # The handshake is an HTTP request from the page, with the page's cookies: Flask-Login reads
     # the session cookie here exactly as in a route. No signed-in user, no socket.
     if not current_user.is_authenticated:
         raise ConnectionRefusedError(SIGN_IN_AGAIN)
     last_id = auth.get("last_id", 0) if isinstance(auth, dict) else 0
-    # type(): True is an int to isinstance
-    if type(last_id) is not int or not 0 <= last_id <= LARGEST_ID:
+    if type(last_id) is not int or last_id < 0:  # type(): True is an int to isinstance
         raise ConnectionRefusedError("auth.last_id must be a whole number, 0 or more.")
     with state_lock:
         online[request.sid] = Visitor(
@@ -76,20 +69,10 @@ def on_connect(auth):
 
 @socketio.on("disconnect")
 def on_disconnect(reason):
-    if sent_as_an_event():
-        return
     with state_lock:
         visitor = online.pop(request.sid, None)
         if visitor:
             changed_rooms.update(visitor.rooms)
-
-
-def sent_as_an_event():
-    """Whether this `connect` or `disconnect` is a client's event of that name, 42["disconnect"]:
-    python-socketio calls our handler for it as for the real thing, but the socket stays
-    connected, in its rooms. While a socket really connects or disconnects, Socket.IO counts it
-    as not connected."""
-    return socketio.server.manager.is_connected(request.sid, "/")
 
 
 def visitor_required(handler):
@@ -116,11 +99,10 @@ def on_join(visitor, data):
         if not rooms_open_to(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
         if room not in visitor.rooms:
-            # What this page missed first; live messages follow once the lock is released.
-            # Read before join_room: if the query failed, the socket would hear the room unseen.
-            messages = missed(room, visitor.last_id)
+            # Join, then send what this page missed: live messages follow once the lock is
+            # released, so the page gets each message once, in order.
             join_room(room)
-            for message in messages:
+            for message in missed(room, visitor.last_id):
                 emit("new message", message)
             with state_lock:
                 visitor.rooms.add(room)
@@ -146,11 +128,8 @@ def on_send_message(visitor, data):
 
 
 def start_tasks(app):
-    """Start the background tasks for `app`: presence, and the policing of connections (with
-    the app's settings). Started with the app, not by the first connection: a server no page has
-    signed in to yet must close the connections that never sign in too."""
+    """Start the background task for `app`: presence."""
     socketio.start_background_task(send_presence)
-    socketio.start_background_task(connections.look_after_connections, app)
 
 
 def send_presence():

@@ -18,7 +18,7 @@ def connection():
         # In WAL mode, NORMAL syncs the log to disk at checkpoints, not at every commit: a
         # message costs a write, not a wait for the disk. An application crash loses nothing; an
         # OS crash or a power cut may lose the last commits (the database stays whole). See step
-        # 08's README, "Messages a second".
+        # 09's README, "Messages a second".
         g.db.execute("PRAGMA synchronous = NORMAL")
     return g.db
 

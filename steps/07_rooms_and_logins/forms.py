@@ -1,13 +1,8 @@
 """The forms (Flask-WTF): each carries a CSRF token and says what is wrong, field by field."""
 
-from pathlib import Path
-
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
-from wtforms.validators import DataRequired, Length, Regexp, ValidationError
-
-# The passwords guessers try first (of 8 characters or more), one a line, in lower case.
-COMMON_PASSWORDS = set((Path(__file__).parent / "common_passwords.txt").read_text().split())
+from wtforms.validators import DataRequired, Length, Regexp
 
 
 def strip(text):
@@ -55,11 +50,6 @@ class SignUpForm(SignInForm):
             Length(8, 100, message="A password has 8 to 100 characters."),
         ],
     )
-
-    def validate_password(self, field):  # WTForms calls validate_<field> after the validators
-        password = field.data.lower()
-        if password in COMMON_PASSWORDS or password == (self.username.data or "").lower():
-            raise ValidationError("That password is too easy to guess: choose another.")
 
 
 class RoomForm(FlaskForm):

@@ -6,13 +6,11 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL
 );
 
--- One row per signed-in browser. The session cookie holds a token, this table its SHA-256 (a
--- copy of the database signs no one in); signing out deletes the row, which ends that login
--- everywhere, even for a copy of the cookie. A login expires LOGIN_DAYS after `since`.
+-- One row per signed-in browser, whose session cookie holds its token: signing out deletes the
+-- row, which ends that login everywhere, even for a copy of the cookie.
 CREATE TABLE IF NOT EXISTS logins (
     token TEXT PRIMARY KEY,
-    user_id INTEGER NOT NULL REFERENCES users (id),
-    since TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+    user_id INTEGER NOT NULL REFERENCES users (id)
 );
 
 CREATE TABLE IF NOT EXISTS rooms (

@@ -1,0 +1,203 @@
+"""The push side of the chat: the Socket.IO handlers and what this process knows about sockets.
+
+Who is on each socket (`online`), the handlers of the contract (README), and presence, coalesced
+per room. What the handlers check and store is in messages.py (who may enter a room, catch-up by
+id), the rate limit in rate_limit.py, and the policing of Engine.IO's connections in
+connections.py. app.py gives `socketio` its settings and starts the background tasks
+(`start_tasks`). accounts.py and rooms.py call the last two functions (close a login's sockets,
+take a user's sockets out of a room); this module imports neither of them.
+"""
+
+import functools
+import threading
+from dataclasses import dataclass, field
+
+import connections
+from flask import request
+from flask_login import current_user
+from flask_socketio import (
+    ConnectionRefusedError,  # not the built-in one: its message would not reach the client
+    SocketIO,
+    disconnect,
+    emit,
+    join_room,
+    leave_room,
+)
+from messages import missed, read_message, rooms_open_to, store
+from rate_limit import allow_send
+
+PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
+LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a last_id above it makes the query fail
+SIGN_IN_AGAIN = "You are not signed in: sign in again."
+NO_SUCH_ROOM = "There is no room by that name that you may enter."
+
+socketio = SocketIO()  # its settings are in app.py, in socketio.init_app(app, ...)
+
+
+@dataclass
+class Visitor:
+    """Who is on one socket, what its page had shown when it connected, and the rooms it is in."""
+
+    user_id: int
+    name: str
+    login: str
+    last_id: int
+    rooms: set = field(default_factory=set)
+
+
+online = {}  # socket id -> Visitor
+changed_rooms = set()  # rooms whose people changed since the last presence broadcast
+state_lock = threading.Lock()  # for the two above: each socket's handlers run in its thread
+# Held while what a room says or who hears it changes: storing and broadcasting a message,
+# joining a room and sending what it missed, removing a member. So each socket receives a room's
+# messages in id order, each once, and no one is added or removed between a check and its use.
+# One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
+# message must not overtake an older one of another room (README, "How many pages").
+room_lock = threading.Lock()
+
+
+@socketio.on("connect")
+def on_connect(auth):
+    if sent_as_an_event():
+        return False
+    # The handshake is an HTTP request from the page, with the page's cookies: Flask-Login reads
+    # the session cookie here exactly as in a route. No signed-in user, no socket.
+    if not current_user.is_authenticated:
+        raise ConnectionRefusedError(SIGN_IN_AGAIN)
+    last_id = auth.get("last_id", 0) if isinstance(auth, dict) else 0
+    # type(): True is an int to isinstance
+    if type(last_id) is not int or not 0 <= last_id <= LARGEST_ID:
+        raise ConnectionRefusedError("auth.last_id must be a whole number, 0 or more.")
+    with state_lock:
+        online[request.sid] = Visitor(
+            current_user.id, current_user.name, current_user.login, last_id
+        )
+
+
+@socketio.on("disconnect")
+def on_disconnect(reason):
+    if sent_as_an_event():
+        return
+    with state_lock:
+        visitor = online.pop(request.sid, None)
+        if visitor:
+            changed_rooms.update(visitor.rooms)
+
+
+def sent_as_an_event():
+    """Whether this `connect` or `disconnect` is a client's event of that name, 42["disconnect"]:
+    python-socketio calls our handler for it as for the real thing, but the socket stays
+    connected, in its rooms. While a socket really connects or disconnects, Socket.IO counts it
+    as not connected."""
+    return socketio.server.manager.is_connected(request.sid, "/")
+
+
+def visitor_required(handler):
+    """Call the handler with the socket's Visitor. An event that was on its way when its login
+    signed out (and the socket was closed) is refused."""
+
+    @functools.wraps(handler)
+    def with_visitor(data=None):
+        visitor = online.get(request.sid)
+        if visitor is None:
+            return {"error": SIGN_IN_AGAIN}
+        return handler(visitor, data)
+
+    return with_visitor
+
+
+@socketio.on("join")
+@visitor_required
+def on_join(visitor, data):
+    room = data.get("room") if isinstance(data, dict) else None
+    if not isinstance(room, str):
+        return {"error": "That was not a join (it needs a room name as text)."}
+    with room_lock:
+        if not rooms_open_to(visitor.user_id, room):
+            return {"error": NO_SUCH_ROOM}
+        if room not in visitor.rooms:
+            # What this page missed first; live messages follow once the lock is released.
+            # Read before join_room: if the query failed, the socket would hear the room unseen.
+            messages = missed(room, visitor.last_id)
+            join_room(room)
+            for message in messages:
+                emit("new message", message)
+            with state_lock:
+                visitor.rooms.add(room)
+                changed_rooms.add(room)
+    return {"ok": True}
+
+
+@socketio.on("send message")
+@visitor_required
+def on_send_message(visitor, data):
+    if not allow_send(visitor.user_id):
+        return {"error": "You are sending too fast: wait a moment, then send again."}
+    room, text, error = read_message(data)
+    if error:
+        return {"error": error}
+    with room_lock:
+        if not rooms_open_to(visitor.user_id, room):
+            return {"error": NO_SUCH_ROOM}
+        # Stored first: a page that misses the broadcast finds the message in the database.
+        message = store(room, visitor.user_id, visitor.name, text)
+        emit("new message", message, to=room)
+    return {"ok": True}
+
+
+def start_tasks(app):
+    """Start the background tasks for `app`: presence, and the policing of connections (with
+    the app's settings). Started with the app, not by the first connection: a server no page has
+    signed in to yet must close the connections that never sign in too."""
+    socketio.start_background_task(send_presence)
+    socketio.start_background_task(connections.look_after_connections, app)
+
+
+def send_presence():
+    """Tell each room whose people changed who is in it now: however many joined or left in
+    the last PRESENCE_DELAY seconds, one broadcast per room, with the latest names."""
+    while True:
+        socketio.sleep(PRESENCE_DELAY)
+        with state_lock:
+            presence = {
+                room: sorted(
+                    {visitor.name for visitor in online.values() if room in visitor.rooms},
+                    key=str.lower,
+                )
+                for room in changed_rooms
+            }
+            changed_rooms.clear()
+        # Not under the lock: an emit can run a timed-out client's disconnect handler in this
+        # thread, and that handler takes the lock.
+        for room, names in presence.items():
+            socketio.emit("presence", {"room": room, "names": names}, to=room)
+
+
+# --- for accounts.py and rooms.py ---
+
+
+def sockets_of(user_id, login=None):
+    """The user's sockets (only those of one login, if given)."""
+    with state_lock:
+        logins = {sid: v.login for sid, v in online.items() if v.user_id == user_id}
+    return [sid for sid, their_login in logins.items() if login in (None, their_login)]
+
+
+def close_sockets(user_id, login):
+    """Close the sockets of one login, in every tab: their pages then say "sign in again"."""
+    for sid in sockets_of(user_id, login):
+        disconnect(sid, namespace="/")
+
+
+def take_out_of_room(user_id, room, change):
+    """Call `change()`, the database change that takes the user out of `room`, and take their
+    sockets out of it now, not at their next reconnect: both under room_lock, so that no message
+    slips in between."""
+    with room_lock:
+        change()
+        for sid in sockets_of(user_id):
+            with state_lock:
+                if sid in online:
+                    online[sid].rooms.discard(room)
+                changed_rooms.add(room)
+            leave_room(room, sid=sid, namespace="/")
