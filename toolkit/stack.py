@@ -43,6 +43,8 @@ class Stack:
     """Redis, two gunicorn app servers and nginx of `step` (or the copy an exercise names, see
     `step_folder`), working in `folder`; https://localhost:PORT/."""
 
+    PROCESSES = PROCESSES  # the Procfile's lines this stack runs, in the order they start
+
     def __init__(self, step: str, folder: Path, **env):
         self.step = step_folder(step)
         self.folder = folder
@@ -77,7 +79,7 @@ class Stack:
     def __enter__(self):
         subprocess.run(["make", "-s", str(self.certificate)], cwd=ROOT, check=True, timeout=60)
         try:
-            for name in PROCESSES:
+            for name in self.PROCESSES:
                 self.start(name)
         except BaseException:
             self.__exit__()
@@ -85,25 +87,16 @@ class Stack:
         return self
 
     def __exit__(self, *exc_info):
-        for name in reversed(PROCESSES):  # nginx first, Redis last; all stop at once
+        for name in reversed(self.PROCESSES):  # nginx first, Redis last; all stop at once
             if name in self.processes:
                 self.processes[name].send_signal(signal.SIGTERM)
-        for name in reversed(PROCESSES):
+        for name in reversed(self.PROCESSES):
             self.stop(name)
 
     def start(self, name: str, timeout: float = 30) -> None:
         """Start one line of the Procfile and wait until it serves (an app server: until it also
         listens to Redis)."""
-        with self.log(name).open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "honcho", "start", name],
-                cwd=self.step,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.launch(name)
         wait_until(
             lambda: self._exited(name) or accepts(self.ports[name]), f"{name} listens", timeout
         )
@@ -117,6 +110,19 @@ class Stack:
         if name.startswith("app"):
             running = sum(app in self.processes for app in ("app1", "app2"))
             wait_until(lambda: self.subscribers() >= running, f"{name} listens to Redis", timeout)
+
+    def launch(self, name: str) -> None:
+        """Start one line of the Procfile under a honcho of its own, its output in its log."""
+        with self.log(name).open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "honcho", "start", name],
+                cwd=self.step,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def stop(self, name: str, timeout: float = 30) -> float:
         """Stop one line the way honcho and systemd do (SIGTERM to its processes), wait until it has
