@@ -7,14 +7,17 @@ pool process that does.
 """
 
 import os
+import re
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
+from playwright.sync_api import expect
 
 from toolkit.launcher import ROOT, wait_until
+from toolkit.people import post_form
 from toolkit.stack import Stack
 
 WORKERS = ("worker1", "worker2")
@@ -23,7 +26,7 @@ STEP = "10_workers"
 # whole-worker kill waits for it), quick retries.
 WORKER_SETTINGS = {
     "JOB_STEP_SECONDS": 0.2,
-    "VISIBILITY_TIMEOUT": 4,
+    "VISIBILITY_TIMEOUT": 60,  # longer than any job of the tests (the whole-worker kill: 4)
     "RETRY_DELAY": 0.2,
     "HEARTBEAT": 0.5,
     "SEND_RATE": 0,
@@ -105,8 +108,9 @@ class WorkerStack(Stack):
         killed = time.monotonic()
         for process in processes:
             process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(processes, timeout=10)
-        self.processes.pop(name).wait(timeout=10)  # honcho sees its process gone, and exits
+        runner = self.processes.pop(name)  # the honcho that ran it, which waits for no one now
+        runner.kill()
+        runner.wait(timeout=10)
         return killed
 
     def restart_redis(self) -> None:
@@ -114,3 +118,37 @@ class WorkerStack(Stack):
         start it again on the same port, with the same files."""
         self.stop("redis")
         self.start("redis")
+
+
+# --- jobs, over HTTP and on the page ---
+
+STEP_LINE = re.compile(r"^Step (\d+) of (\d+) done by (worker[12])$")
+PICKED_UP = re.compile(r"^Picked up by (worker[12]) after a crash: carries on after step (\d+)$")
+
+
+def start_job_with(user, stack, **fields) -> str:
+    """POST /jobs with the form's fields (fail_at, failures), as its button does; the job's id."""
+    response = post_form(user.http, stack, "/jobs", "/jobs", **fields)
+    assert response.status_code == 201, response.text
+    return response.headers["Location"].rsplit("/", 1)[1]
+
+
+def follow_job(page, stack, job_id: str):
+    """The page of one job (/jobs/<id>), and its card."""
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    return page.locator("article.job")
+
+
+def lines_of(card) -> list[str]:
+    return card.get_by_role("log").get_by_role("listitem").all_text_contents()
+
+
+def steps_on(card) -> list[int]:
+    """The step number of each step line in the card's log, in page order."""
+    return [int(match[1]) for line in lines_of(card) if (match := STEP_LINE.match(line))]
+
+
+def expect_done(card, steps: int, timeout: float = 30_000) -> None:
+    """The card's status says Done, and its log lists each step once, in order (the ids)."""
+    expect(card.get_by_role("status")).to_have_text("Done", timeout=timeout)
+    assert steps_on(card) == list(range(1, steps + 1)), lines_of(card)
