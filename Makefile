@@ -186,10 +186,11 @@ test-exercises: $(VENV)/.test $(VENV)/.runtime vendor ## Prove every exercise: i
 		exercises/prove.py -n 3 -p no:cacheprovider --durations=5
 
 # The READMEs' pictures are screenshots that tests/test_pages.py takes of the real pages when
-# PICTURES=1. Each test class is one step: STEP="07 08" picks TestStep07... and TestStep08...
+# PICTURES=1 (and tests/test_NN_pages.py, for a step whose pictures need more than that file
+# holds). Each test class is one step: STEP="07 08" picks TestStep07... and TestStep08...
 pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="07 08": those steps')
 	@browser=$$(bash tests/find-browser.sh $(PY)) && PICTURES=1 CHROMIUM_PATH="$$browser" \
-		$(PY) -m pytest tests/test_pages.py -n 2 --dist loadscope \
+		$(PY) -m pytest tests/test_pages.py tests/test_[0-9]*_pages.py -n 2 --dist loadscope \
 		-k "Step$(firstword $(STEP)) $(patsubst %,or Step%,$(STEP))"
 
 bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, then 07 and 08 up to 10,000 pages (~40 min): bench/results.md
