@@ -122,7 +122,7 @@ class WorkerStack(Stack):
 
 # --- jobs, over HTTP and on the page ---
 
-STEP_LINE = re.compile(r"^Step (\d+) of (\d+) done by (worker[12])$")
+STEP_LINE = re.compile(r"^Step (\d+) of (\d+) done by (worker[12])\b")
 PICKED_UP = re.compile(r"^Picked up by (worker[12]) after a crash: carries on after step (\d+)$")
 
 
