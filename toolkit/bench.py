@@ -291,6 +291,7 @@ def measure_jobs(mode: tuple, log_dir: Path, scenario: str, jobs: int, steps: in
         "scenario": f"jobs {scenario}",
         "mode": name,
         "env": NO_LIMIT,
+        "clients": JOB_USERS,  # the users who start the jobs
         "jobs": jobs,
         "steps": steps,
     }
