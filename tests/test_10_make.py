@@ -57,7 +57,8 @@ def test_make_step_10_serves_two_web_servers_and_two_workers_and_ctrl_c_stops_ev
         sign_up_in_browser(page, SimpleNamespace(url=f"https://localhost:{https_port}"))
         page.get_by_role("link", name="Jobs").click()
         page.get_by_role("button", name="Start a job").click()
-        expect(page.locator("article.job").get_by_role("status")).to_have_text("Done")
+        status = page.locator("article.job").get_by_role("status")
+        expect(status).to_have_text("Done", timeout=20_000)  # the workers' first job
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert run.wait(timeout=30) in (0, -signal.SIGINT)
         _, alive = psutil.wait_procs(children, timeout=10)
