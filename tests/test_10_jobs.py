@@ -6,7 +6,9 @@ which worker ran it, retries with backoff, failure, cancel, the push from the wo
 of the user, and what the workers refuse. The crashes are in the step's other test file.
 """
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -216,3 +218,40 @@ def test_the_worker_module_imports_neither_the_web_app_nor_its_modules():
         timeout=60,
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+IMPORT_THEN_CREATE = """
+import os, sys, threading
+from gevent import monkey
+monkey.patch_all()  # as gunicorn's gevent worker does before it loads the app
+umask, threads = os.umask(0o022), threading.active_count()
+os.umask(umask)
+for name in sys.argv[2:]:
+    __import__(name)
+assert os.umask(umask) == umask, "importing changed the umask"
+assert not os.path.exists("instance"), "importing made the instance folder"
+assert threading.active_count() == threads, "importing started a thread"
+import app
+config = {"INSTANCE_PATH": sys.argv[1], "SECRET_KEY": "x", "MAX_QUEUED": 3}
+made = app.create_app({**config, "REDIS_URL": "redis://127.0.0.1:1/0"})  # no Redis: not needed
+assert made.config["MAX_QUEUED"] == 3 and made.config["JOB_STEPS"] == 42  # config, environment
+assert made.test_client().get("/login").status_code == 200
+"""
+
+
+def test_importing_any_module_of_step_10_does_nothing_and_create_app_takes_a_config(tmp_path):
+    folder = shutil.copytree(
+        step_folder(STEP), tmp_path / STEP, ignore=shutil.ignore_patterns("instance", "__pycache__")
+    )
+    scripts = {"gunicorn.conf", "nginx_conf"}  # the servers' scripts, not modules of the app
+    modules = sorted(path.stem for path in folder.glob("*.py") if path.stem not in scripts)
+    assert "tasks" in modules
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_THEN_CREATE, str(tmp_path / "instance"), *modules],
+        cwd=folder,
+        env={**os.environ, "JOB_STEPS": "42", "MAX_QUEUED": "7"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
