@@ -17,12 +17,14 @@ from playwright.sync_api import expect
 from toolkit.fixtures import need_tools
 from toolkit.launcher import wait_until
 from toolkit.pages import RECONNECT_TIMEOUT, no_reload, sign_up_in_browser
+from toolkit.people import sign_up
 from toolkit.stack import TOOLS
 from toolkit.workers import (
     PICKED_UP,
     WorkerStack,
     expect_done,
     lines_of,
+    start_job_with,
     steps_on,
 )
 
@@ -174,3 +176,17 @@ def test_jobs_queued_before_redis_restarts_still_run_and_a_full_queue_says_so(pa
         for job in jobs:
             expect_ids_without_gap_and_each_step_once(stack, job, 3)
         print(f"3 queued jobs done {time.monotonic() - restarted:.1f} s after Redis restarted")
+
+
+def test_a_worker_stopped_cleanly_gives_its_job_back_at_once_to_the_other(stack):
+    job = start_job_with(sign_up(stack), stack)
+    worker, _ = stack.running_in(job, after_step=2)
+    stopped = stack.stop(worker)  # SIGTERM, as honcho or systemd stop it: the pool stops too
+    try:
+        other = "worker2" if worker == "worker1" else "worker1"
+        wait_until(lambda: stack.job(job)["worker"] == other, f"{other} runs the job")
+        wait_until(lambda: stack.job(job)["state"] == "done", "the job is done")
+        expect_ids_without_gap_and_each_step_once(stack, job, 12)
+        print(f"{worker} stopped in {stopped:.1f} s; {other} carried on with the job")
+    finally:
+        stack.start(worker)  # the module's stack whole again
