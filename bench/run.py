@@ -9,7 +9,7 @@ their defence on and off.
 Then steps 07 and 08 with signed-in pages, each beside the reference in the same
 run: step 07's `python app.py` beside the reference on its own, step 08's whole stack (nginx with
 TLS, two app servers, Redis) beside the reference behind the same nginx. One round: a run of
-10,000 pages takes minutes. Last, the jobs: step 08's in its web servers beside step 10's in two
+10,000 pages takes minutes. Last, the jobs: step 09's in its web servers beside step 10's in two
 Celery workers (jobs a second, and the delay from a step's record to the page's stream).
 notebooks/bench.ipynb turns the file into bench/results.md.
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument(
         "--jobs-only",
         action="store_true",
-        help="the jobs of steps 08 and 10 only, put in place of the jobs' rows of --out",
+        help="the jobs of steps 09 and 10 only, put in place of the jobs' rows of --out",
     )
     options = parser.parse_args()
     plan = PLANS["quick" if options.quick else "full"]

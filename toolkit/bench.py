@@ -27,6 +27,7 @@ from toolkit import loadgen
 from toolkit.launcher import ROOT, StepServer
 from toolkit.people import sign_up
 from toolkit.stack import Stack
+from toolkit.workers import WorkerStack
 
 BENCH = ROOT / "bench"  # the bench's own servers and settings
 
@@ -254,7 +255,7 @@ def measure_pages(mode: tuple, log_dir: Path, scenario, clients, messages, rate,
     return {**row, "load_average": os.getloadavg()[0]}
 
 
-# --- the jobs: step 08's in the web servers, step 10's in two Celery workers ---
+# --- the jobs: step 09's (the production step) in the web servers, step 10's in two workers ---
 
 # (scenario, jobs, steps, seconds a step) per plan. "throughput": jobs whose steps do no work,
 # all sent at once by JOB_USERS users: what the machinery costs. "delay": jobs of real steps, each
@@ -265,14 +266,14 @@ JOB_PLANS = {
 }
 JOB_USERS = 10
 JOB_MODES = [
-    ("08 jobs in the web servers", "08_production"),
+    ("09 jobs in the web servers", "08_production"),  # steps/08_production: step 09 once renumbered
     ("10 jobs in two Celery workers", "10_workers"),
 ]
 
 
 def job_stack(step: str, folder: Path, steps: int, step_seconds: float):
-    """Step 08's stack, or step 10's with its workers, with no limit that a bench would reach."""
-    from toolkit.workers import WorkerStack  # (it needs Playwright, which the bench group lacks)
+    """Step 09's stack (the production step), or step 10's with its workers, with no limit that
+    a bench would reach."""
 
     env = {"JOB_STEPS": steps, "JOB_STEP_SECONDS": step_seconds, "PASSWORD_HASH": "scrypt:1024:8:1"}
     env |= {"JOBS_PER_USER": 1000, "MAX_JOBS": 1000, "MAX_QUEUED": 1000, **NO_LIMIT}

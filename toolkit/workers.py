@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
-from playwright.sync_api import expect
 
 from toolkit.launcher import ROOT, wait_until
 from toolkit.people import post_form
@@ -150,5 +149,7 @@ def steps_on(card) -> list[int]:
 
 def expect_done(card, steps: int, timeout: float = 30_000) -> None:
     """The card's status says Done, and its log lists each step once, in order (the ids)."""
+    from playwright.sync_api import expect  # (the bench uses this module, without Playwright)
+
     expect(card.get_by_role("status")).to_have_text("Done", timeout=timeout)
     assert steps_on(card) == list(range(1, steps + 1)), lines_of(card)
