@@ -88,8 +88,9 @@ step-08: $(VENV)/.runtime vendor-08 tools-08 $(addprefix $(call step_dir,08)/ins
 	{ INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 \
 		APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url $(honcho) $$processes || test $$? -eq 130; }
 
-# Step 10: step 08's stack (the production step, which will be 09) and two Celery workers.
-step-10: $(VENV)/.runtime vendor-10 tools-08 $(addprefix $(call step_dir,10)/instance/,localhost.pem redis_password) ## Serve step 10: step 08's stack and two Celery workers
+# Step 10: the production step's stack (steps/08_production, step 09 once renumbered) and two
+# Celery workers.
+step-10: $(VENV)/.runtime vendor-10 tools-08 $(addprefix $(call step_dir,10)/instance/,localhost.pem redis_password) ## Serve step 10: the production step's stack (step 09) and two Celery workers
 	@cd $(call step_dir,10) && set -- $$($(free_ports) app1 app2 redis) && \
 	if $(redis_answers); then redis_url=$(REDIS_URL) processes="app1 app2 worker1 worker2 nginx"; \
 	else redis_url=redis://:$$(cat instance/redis_password)@127.0.0.1:$$3/0 processes=; \
