@@ -88,6 +88,18 @@ step-09: $(VENV)/.runtime vendor-09 tools-09 $(addprefix $(call step_dir,09)/ins
 	{ INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 \
 		APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url $(honcho) $$processes || test $$? -eq 130; }
 
+# Step 10: the production step's stack (step 09) and two
+# Celery workers.
+step-10: $(VENV)/.runtime vendor-10 tools-09 $(addprefix $(call step_dir,10)/instance/,localhost.pem redis_password) ## Serve step 10: the production step's stack (step 09) and two Celery workers
+	@cd $(call step_dir,10) && set -- $$($(free_ports) app1 app2 redis) && \
+	if $(redis_answers); then redis_url=$(REDIS_URL) processes="app1 app2 worker1 worker2 nginx"; \
+	else redis_url=redis://:$$(cat instance/redis_password)@127.0.0.1:$$3/0 processes=; \
+		echo "No Redis answers at $(REDIS_URL): starting a private one on port $$3."; fi && \
+	echo "Step 10: open https://localhost:$(HTTPS_PORT)/ (accept the self-signed certificate once)." && \
+	echo "Ctrl-C stops everything." && \
+	{ INSTANCE_PATH=instance HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) APP1_PORT=$$1 \
+		APP2_PORT=$$2 REDIS_PORT=$$3 REDIS_URL=$$redis_url $(honcho) $$processes || test $$? -eq 130; }
+
 tools-09: $(VENV)/.runtime ## Check that nginx, openssl and redis-server (step 09) are here
 	@missing=; for tool in nginx openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	command -v redis-server >/dev/null || $(redis_answers) || missing="$$missing redis-server"; \
@@ -176,10 +188,11 @@ test-exercises: $(VENV)/.test $(VENV)/.runtime vendor ## Prove every exercise: i
 		exercises/prove.py -n 3 -p no:cacheprovider --durations=5
 
 # The READMEs' pictures are screenshots that tests/test_pages.py takes of the real pages when
-# PICTURES=1. Each test class is one step: STEP="08 09" picks TestStep08... and TestStep09...
+# PICTURES=1 (and tests/test_NN_pages.py, for a step whose pictures need more than that file
+# holds). Each test class is one step: STEP="08 09" picks TestStep08... and TestStep09...
 pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="08 09": those steps')
 	@browser=$$(bash tests/find-browser.sh $(PY)) && PICTURES=1 CHROMIUM_PATH="$$browser" \
-		$(PY) -m pytest tests/test_pages.py -n 2 --dist loadscope \
+		$(PY) -m pytest tests/test_pages.py tests/test_[0-9]*_pages.py -n 2 --dist loadscope \
 		-k "Step$(firstword $(STEP)) $(patsubst %,or Step%,$(STEP))"
 
 bench: $(VENV)/.bench ## Measure steps 03 and 04 under load and attack, then 08 and 09 up to 10,000 pages (~40 min): bench/results.md

@@ -268,3 +268,16 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
     assert sum(of.values()) == pytest.approx(result["cpu_us_per_delivery"])
     assert result["cpu_us_per_delivery"] == pytest.approx(1e6 * result["server_cpu_s"] / 70)
     assert sum(result["kb_per_page_of"].values()) == pytest.approx(result["kb_per_page"])
+
+
+@pytest.mark.slow
+def test_the_jobs_bench_measures_jobs_a_second_and_the_delay_through_nginx_of_both_steps(tmp_path):
+    for mode in bench.JOB_MODES:
+        throughput = in_own_thread(bench.measure_jobs, mode, tmp_path, "throughput", 6, 3, 0)
+        assert "error" not in throughput, throughput
+        assert throughput["jobs_per_s"] > 0
+        delay = in_own_thread(bench.measure_jobs, mode, tmp_path, "delay", 2, 8, 0.05)
+        assert "error" not in delay, delay
+        # Each job's events but those already in Redis when the streams opened, and done.
+        assert 0 < delay["events"] <= 2 * 9
+        assert 0 <= delay["delay_p50_ms"] <= delay["delay_p99_ms"] < 1000

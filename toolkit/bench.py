@@ -9,10 +9,15 @@ toolkit/loadgen.py and stops its process tree.
 import asyncio
 import contextlib
 import os
+import re
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +27,7 @@ from toolkit import loadgen
 from toolkit.launcher import ROOT, StepServer
 from toolkit.people import sign_up
 from toolkit.stack import Stack
+from toolkit.workers import WorkerStack
 
 BENCH = ROOT / "bench"  # the bench's own servers and settings
 
@@ -247,3 +253,107 @@ def measure_pages(mode: tuple, log_dir: Path, scenario, clients, messages, rate,
     except Exception as error:  # a mode that fails is reported, and the bench goes on
         row["error"] = f"{type(error).__name__}: {error}"
     return {**row, "load_average": os.getloadavg()[0]}
+
+
+# --- the jobs: step 09's (the production step) in the web servers, step 10's in two workers ---
+
+# (scenario, jobs, steps, seconds a step) per plan. "throughput": jobs whose steps do no work,
+# all sent at once by JOB_USERS users: what the machinery costs. "delay": jobs of real steps, each
+# followed through nginx: from a step's record in Redis to its event out of nginx.
+JOB_PLANS = {
+    "full": [("throughput", 200, 10, 0), ("delay", 10, 40, 0.05)],
+    "quick": [("throughput", 40, 10, 0), ("delay", 4, 20, 0.05)],
+}
+JOB_USERS = 10
+JOB_MODES = [
+    ("09 jobs in the web servers", "09_production"),
+    ("10 jobs in two Celery workers", "10_workers"),
+]
+
+
+def job_stack(step: str, folder: Path, steps: int, step_seconds: float):
+    """Step 09's stack (the production step), or step 10's with its workers, with no limit that
+    a bench would reach."""
+
+    env = {"JOB_STEPS": steps, "JOB_STEP_SECONDS": step_seconds, "PASSWORD_HASH": "scrypt:1024:8:1"}
+    env |= {"JOBS_PER_USER": 1000, "MAX_JOBS": 1000, "MAX_QUEUED": 1000, **NO_LIMIT}
+    if step == "10_workers":
+        return WorkerStack(folder, WORKER_CONCURRENCY=4, **env)
+    return Stack(step, folder, **env)
+
+
+def measure_jobs(mode: tuple, log_dir: Path, scenario: str, jobs: int, steps: int, seconds: float):
+    """Start `jobs` jobs at once from JOB_USERS users and watch every job's stream in Redis until
+    each is done; for "delay", also read each job's events out of nginx."""
+    from toolkit.jobs import start_job_as
+
+    name, step = mode
+    row = {
+        "scenario": f"jobs {scenario}",
+        "mode": name,
+        "env": NO_LIMIT,
+        "clients": JOB_USERS,  # the users who start the jobs
+        "jobs": jobs,
+        "steps": steps,
+    }
+    folder = Path(tempfile.mkdtemp(prefix="jobs-", dir=log_dir))
+    try:
+        with job_stack(step, folder, steps, seconds) as stack:
+            users = [sign_up(stack) for _ in range(JOB_USERS)]
+            owners = [users[n % JOB_USERS] for n in range(jobs)]
+            recorded, arrived, done = {}, {}, set()
+            started = time.monotonic()
+            with ThreadPoolExecutor(JOB_USERS) as pool:
+                ids = list(pool.map(lambda owner: start_job_as(owner, stack), owners))
+            readers = [
+                threading.Thread(target=read_events, args=(stack, owner, job, arrived))
+                for owner, job in zip(owners, ids, strict=True)
+                if scenario == "delay"
+            ]
+            for reader in readers:
+                reader.start()
+            # Every job's stream in Redis: when each event appears there, the moment its step
+            # ended. What is there already at the first look is not timed (block=None: no wait).
+            redis, last = stack.redis(), {f"job:{job}:events": "0-0" for job in ids}
+            block = None
+            while len(done) < jobs:
+                for key, entries in redis.xread(last, block=block) or []:
+                    for entry_id, fields in entries:
+                        if block:
+                            recorded[key.split(":")[1], int(entry_id.split("-")[0])] = (
+                                time.monotonic()
+                            )
+                        last[key] = entry_id
+                        if fields["done"] == "1":
+                            done.add(key)
+                block = 1000
+            elapsed = time.monotonic() - started
+            for reader in readers:
+                reader.join(timeout=30)
+            row["jobs_per_s"] = jobs / elapsed
+            delays = [1000 * (arrived[key] - recorded[key]) for key in arrived if key in recorded]
+            if delays:
+                cuts = statistics.quantiles(delays, n=100, method="inclusive")
+                row.update(events=len(delays), delay_p50_ms=cuts[49], delay_p99_ms=cuts[98])
+    except Exception as error:  # a mode that fails is reported, and the bench goes on
+        row["error"] = f"{type(error).__name__}: {error}"
+    return {**row, "load_average": os.getloadavg()[0]}
+
+
+def read_events(stack, user, job, arrived):
+    """A job's stream through nginx, as the page reads it: when each event id came out."""
+    from toolkit.jobs import https_connection
+
+    connection = https_connection(stack)
+    connection.request("GET", f"/jobs/{job}/events", headers={"Cookie": user.cookie})
+    response = connection.getresponse()
+    text = ""
+    while "event: done" not in text:
+        chunk = response.read1().decode()
+        if not chunk:
+            break
+        now = time.monotonic()
+        for event_id in re.findall(r"^id: (\d+)$", chunk, re.MULTILINE):
+            arrived[job, int(event_id)] = now
+        text += chunk
+    connection.close()

@@ -47,6 +47,8 @@ class Stack:
     """Redis, two gunicorn app servers and nginx of `step` (or the copy an exercise names, see
     `step_folder`), working in `folder`; https://localhost:PORT/."""
 
+    PROCESSES = PROCESSES  # the Procfile's lines this stack runs, in the order they start
+
     def __init__(self, step: str, folder: Path, **env):
         self.step = step_folder(step)
         self.folder = folder
@@ -85,33 +87,24 @@ class Stack:
             # waits for no one: it proxies each request as it comes) then start side by side.
             self.start("redis")
             with ThreadPoolExecutor() as pool:
-                list(pool.map(self.start, PROCESSES[1:]))
+                list(pool.map(self.start, self.PROCESSES[1:]))
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc_info):
-        for name in reversed(PROCESSES):  # nginx first, Redis last; all stop at once
+        for name in reversed(self.PROCESSES):  # nginx first, Redis last; all stop at once
             if name in self.processes:
                 self.processes[name].send_signal(signal.SIGTERM)
-        for name in reversed(PROCESSES):
+        for name in reversed(self.PROCESSES):
             self.stop(name)
 
     def start(self, name: str, timeout: float = 60) -> None:
         """Start one line of the Procfile and wait until it serves (an app server: until it also
         listens to Redis). A gunicorn worker boots after its master listens: with several stacks
         starting at once on a busy machine (one per test process), that took over 30 s."""
-        with self.log(name).open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "honcho", "start", name],
-                cwd=self.step,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.launch(name)
         wait_until(
             lambda: self._exited(name) or accepts(self.ports[name]), f"{name} listens", timeout
         )
@@ -125,6 +118,19 @@ class Stack:
         if name.startswith("app"):
             running = sum(app in self.processes for app in ("app1", "app2"))
             wait_until(lambda: self.subscribers() >= running, f"{name} listens to Redis", timeout)
+
+    def launch(self, name: str) -> None:
+        """Start one line of the Procfile under a honcho of its own, its output in its log."""
+        with self.log(name).open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "honcho", "start", name],
+                cwd=self.step,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def stop(self, name: str, timeout: float = 30) -> float:
         """Stop one line the way honcho and systemd do (SIGTERM to its processes), wait until it has
