@@ -128,8 +128,11 @@ def test_the_bench_measures_both_attacks_on_the_defended_steps_with_the_defence_
 @pytest.mark.parametrize("step", ["03 hub, Werkzeug", "04 Werkzeug"])
 def test_a_flood_reaches_the_listeners_only_without_the_rate_limit(tmp_path, step):
     scenario = {"clients": 5, "frames": 1000}
+    # Without the limit, and without the bound on what a listener may fall behind: on a busy
+    # machine the listeners of the unlimited server were dropped for falling behind after a few
+    # frames, which is the other defence at work, not the flood failing to reach them.
     limited, unlimited = side_by_side(
-        tmp_path, (step, {}, scenario), (step, bench.NO_LIMIT, scenario)
+        tmp_path, (step, {}, scenario), (step, bench.UNBOUNDED, scenario)
     )
     # The defaults: 10 in a row, then 5 a second while the server reads the rest.
     burst, rate = 10, 5
@@ -270,13 +273,22 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
     assert sum(result["kb_per_page_of"].values()) == pytest.approx(result["kb_per_page"])
 
 
+# (scenario, jobs, steps, seconds a step)
+JOB_PLANS = [("throughput", 6, 3, 0), ("delay", 2, 8, 0.05)]
+
+
 @pytest.mark.slow
 def test_the_jobs_bench_measures_jobs_a_second_and_the_delay_through_nginx_of_both_steps(tmp_path):
-    for mode in bench.JOB_MODES:
-        throughput = in_own_thread(bench.measure_jobs, mode, tmp_path, "throughput", 6, 3, 0)
+    # The four measurements at once, each on a stack of its own: most of their time is waiting.
+    def measure(mode, plan):
+        return bench.measure_jobs(mode, tmp_path, *plan)
+
+    modes_and_plans = [(mode, plan) for mode in bench.JOB_MODES for plan in JOB_PLANS]
+    with ThreadPoolExecutor(max_workers=len(modes_and_plans)) as threads:
+        results = list(threads.map(lambda pair: measure(*pair), modes_and_plans))
+    for throughput, delay in (results[:2], results[2:]):
         assert "error" not in throughput, throughput
         assert throughput["jobs_per_s"] > 0
-        delay = in_own_thread(bench.measure_jobs, mode, tmp_path, "delay", 2, 8, 0.05)
         assert "error" not in delay, delay
         # Each job's events but those already in Redis when the streams opened, and done.
         assert 0 < delay["events"] <= 2 * 9
