@@ -187,9 +187,10 @@ test-exercises: $(VENV)/.test $(VENV)/.runtime vendor ## Prove every exercise: i
 	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
 		exercises/prove.py -n 3 -p no:cacheprovider --durations=5
 
-# The READMEs' pictures are screenshots that tests/test_pages.py takes of the real pages when
-# PICTURES=1 (and tests/test_NN_pages.py, for a step whose pictures need more than that file
-# holds). Each test class is one step: STEP="08 09" picks TestStep08... and TestStep09...
+# The READMEs' pictures are screenshots that the page tests take of the real pages when
+# PICTURES=1: tests/test_pages.py for steps 01 to 06, tests/test_NN_pages.py for the later steps
+# (toolkit/pictures.py takes them). Each test class is one step: STEP="08 09" picks
+# TestStep08... and TestStep09...
 pictures: $(VENV)/.test $(VENV)/.runtime vendor ## Take the READMEs' pictures again (STEP="08 09": those steps')
 	@browser=$$(bash tests/find-browser.sh $(PY)) && PICTURES=1 CHROMIUM_PATH="$$browser" \
 		$(PY) -m pytest tests/test_pages.py tests/test_[0-9]*_pages.py -n 2 --dist loadscope \

@@ -1,11 +1,14 @@
-"""Step 10's pages in the states its README shows, checked as tests/test_pages.py checks every
-step's (axe-core, the keyboard), and photographed with PICTURES=1 (`make pictures STEP=10`): a job
-handed from one worker to the other after a kill, as a film; a retried step; the notice that the
-worker sends to every page of the user."""
+"""Step 10's pages in the states its README shows, checked as every step's are (toolkit.pictures:
+axe-core, the keyboard), and photographed with PICTURES=1 (`make pictures STEP=10`): a job handed
+from one worker to the other after a kill, as a film; a retried step; the notice that the worker
+sends to every page of the user."""
 
 import pytest
 from playwright.sync_api import expect
-from test_pages import (
+
+from toolkit.fixtures import need_tools
+from toolkit.pages import sign_in_in_browser, sign_up_in_browser
+from toolkit.pictures import (
     Film,
     check_accessibility,
     check_keyboard,
@@ -13,9 +16,6 @@ from test_pages import (
     side_by_side,
     tab_to,
 )
-
-from toolkit.fixtures import need_tools
-from toolkit.pages import sign_in_in_browser, sign_up_in_browser
 from toolkit.stack import TOOLS
 from toolkit.workers import PICKED_UP, STEP, WorkerStack, expect_done, lines_of
 

@@ -1,7 +1,7 @@
 """The READMEs' pictures, without a browser: every picture a step's README shows exists, under
 "What you should see", with alt text that says what it shows; every picture in a step's pictures/
 folder is shown; none is large in bytes, nor wider than a README's column can show without
-shrinking it. `make pictures` takes them again (tests/test_pages.py)."""
+shrinking it. `make pictures` takes them again (tests/test_pages.py, tests/test_NN_pages.py)."""
 
 import re
 

@@ -9,6 +9,7 @@
   clients), standing where a server would;
 - people: accounts and rooms of steps 07 to 09 over HTTP;
 - pages: what a browser test checks on a page, and people on the pages of steps 07 to 09;
+- pictures: the checks every state of a page gets (axe-core, the keyboard) and its pictures;
 - jobs: the jobs of steps 06 and 09, over HTTP and on the page;
 - loadgen and bench: the load generator and what the bench measures;
 - fixtures: the pytest plugin that tests/ and exercises/ load.

@@ -56,7 +56,8 @@ state_lock = threading.Lock()  # for the two above: each socket's handlers run i
 # joining a room and sending what it missed, removing a member. So each socket receives a room's
 # messages in id order, each once, and no one is added or removed between a check and its use.
 # One lock for all rooms, not one per room: the page's bookmark is one id for every room, so a
-# message must not overtake an older one of another room (README, "How many pages").
+# message must not overtake an older one of another room (the course's bench/capacity.md says
+# what one lock costs).
 room_lock = threading.Lock()
 
 

@@ -13,8 +13,8 @@ worker_class = "gevent"
 # shows which one it landed on. (More workers would work too: WebSocket only, through Redis.)
 workers = 1
 # Sockets one worker serves at once (gevent's pool; gunicorn's default is 1000). In a rolling
-# restart every page moves to the other server, so each holds all 10,000 (README, "How many
-# pages"), plus requests and streams.
+# restart every page moves to the other server, so each holds all 10,000 (the course's
+# bench/capacity.md), plus requests and streams.
 worker_connections = 12_000
 # Each socket is an open file. A process may raise its own soft limit up to its hard limit, so
 # the server does, before the worker starts (which inherits it). Under systemd, LimitNOFILE=

@@ -17,8 +17,8 @@ def connection():
         g.db.execute("PRAGMA foreign_keys = ON")
         # In WAL mode, NORMAL syncs the log to disk at checkpoints, not at every commit: a
         # message costs a write, not a wait for the disk. An application crash loses nothing; an
-        # OS crash or a power cut may lose the last commits (the database stays whole). See step
-        # 09's README, "Messages a second".
+        # OS crash or a power cut may lose the last commits (the database stays whole). See the
+        # course's bench/capacity.md, "Messages a second".
         g.db.execute("PRAGMA synchronous = NORMAL")
     return g.db
 

@@ -1,6 +1,6 @@
 // The chat page: one socket follows every room the page lists, and shows one room at a time.
-// A file of its own, loaded from this origin: step 08's Content-Security-Policy forbids inline
-// script and inline event handlers.
+// A file of its own, loaded from this origin: from step 08 on, a Content-Security-Policy forbids
+// inline script and inline event handlers.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
