@@ -81,7 +81,7 @@ def main() -> None:
     for group, plans in {} if options.jobs_only else PAGE_PLANS[run["plan"]].items():
         for scenario, *figures in plans:
             for mode in PAGE_MODES:
-                if mode[1] == group and not (scenario == "rate" and "reference" in mode[0]):
+                if mode[1] == group and scenario in mode[3]:
                     print(f"{mode[0]}, {scenario}: {figures}", flush=True)
                     rows.append({"round": 1, **measure_pages(mode, log_dir, scenario, *figures)})
     for scenario, *figures in JOB_PLANS[run["plan"]]:

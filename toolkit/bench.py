@@ -188,34 +188,54 @@ def reference(folder: Path, behind_nginx: bool):
                 "servers": {"reference": server.process.pid},
             }
             return
-        stack = Stack("09_production", folder)
-        stack.env.update(APP1_PORT=str(server.port), APP2_PORT=str(server.port))
-        subprocess.run(["make", "-s", str(stack.certificate)], cwd=ROOT, check=True, timeout=60)
-        try:
-            stack.start("nginx")
-            yield {
-                "url": f"wss://127.0.0.1:{stack.https_port}/chatroom",
-                "protocol": "raw",
-                "cafile": str(stack.certificate),
-                "servers": {"nginx": stack.processes["nginx"].pid, "reference": server.process.pid},
-            }
-        finally:
-            stack.__exit__()
+        with behind_step_09_nginx(folder, server) as target:
+            yield {**target, "url": target["url"] + "/chatroom", "protocol": "raw"}
 
 
-# (name, the group it belongs to, how to start it)
+@contextlib.contextmanager
+def storing_reference(folder: Path):
+    """The storing reference (bench/storing_reference.py: step 09's contract and schema on bare
+    asyncio, one process) behind step 09's nginx. Nobody signs in: it has one user."""
+    command = [sys.executable, str(BENCH / "storing_reference.py")]
+    database = folder / "reference.sqlite"
+    server = StepServer("storing reference", folder, command=command, DATABASE=database)
+    with server, behind_step_09_nginx(folder, server) as target:
+        yield {**target, "protocol": "rooms", "database": database, "accounts": False}
+
+
+@contextlib.contextmanager
+def behind_step_09_nginx(folder: Path, server: StepServer):
+    """Step 09's nginx (its Procfile line and nginx.conf) with both app servers at `server`."""
+    stack = Stack("09_production", folder)
+    stack.env.update(APP1_PORT=str(server.port), APP2_PORT=str(server.port))
+    subprocess.run(["make", "-s", str(stack.certificate)], cwd=ROOT, check=True, timeout=60)
+    try:
+        stack.start("nginx")
+        yield {
+            "url": f"wss://127.0.0.1:{stack.https_port}",
+            "cafile": str(stack.certificate),
+            "servers": {"nginx": stack.processes["nginx"].pid, "reference": server.process.pid},
+        }
+    finally:
+        stack.__exit__()
+
+
+# (name, the group it belongs to, how to start it, the scenarios it runs). The references of
+# "pages" speak step 03's protocol and store nothing; the storing one speaks step 09's and
+# stores every message, for "rate".
 PAGE_MODES = [
-    ("08 reference (asyncio, no framework)", "08", lambda folder: reference(folder, False)),
-    ("08 Werkzeug (python app.py)", "08", step_08),
-    ("09 reference behind nginx", "09", lambda folder: reference(folder, True)),
-    ("09 nginx, 2 gunicorn gevent, Redis", "09", step_09),
+    ("08 reference (asyncio, no framework)", "08", lambda f: reference(f, False), {"pages"}),
+    ("08 Werkzeug (python app.py)", "08", step_08, {"pages", "rate"}),
+    ("09 reference behind nginx", "09", lambda folder: reference(folder, True), {"pages"}),
+    ("09 storing reference behind nginx", "09", storing_reference, {"rate"}),
+    ("09 nginx, 2 gunicorn gevent, Redis", "09", step_09, {"pages", "rate"}),
 ]
 
 
 def measure_pages(mode: tuple, log_dir: Path, scenario, clients, messages, rate, rooms) -> dict:
     """A fresh server (or stack) of this mode, `clients` pages over `rooms` rooms, each load
     process signed in to an account of its own and connecting from its own loopback address."""
-    name, _, start = mode
+    name, _, start, _ = mode
     folder = Path(tempfile.mkdtemp(prefix="pages-", dir=log_dir))
     names = [f"bench-{i}" for i in range(rooms)] if rooms > 1 else ["general"]
     processes = -(-clients // PAGES_PER_PROCESS)
@@ -229,7 +249,9 @@ def measure_pages(mode: tuple, log_dir: Path, scenario, clients, messages, rate,
                     database.executemany(
                         "INSERT OR IGNORE INTO rooms (name) VALUES (?)", [(n,) for n in names]
                     )
-                cookies = [signed_in(target, f"bench-{i}") for i in range(processes)]
+                cookies = [None] * processes  # the storing reference has no accounts
+                if target.get("accounts", True):
+                    cookies = [signed_in(target, f"bench-{i}") for i in range(processes)]
             else:  # the reference: nobody signs in, and it has one room
                 cookies, names = [None] * processes, ["general"]
             addresses = -(-PAGES_PER_PROCESS // PAGES_PER_ADDRESS)
