@@ -1,11 +1,14 @@
 """Step 09: one chat on two app servers. Alice and Bob on different servers over HTTP/2, presence
 across them (read from Redis without a scan), a removal or a sign-out on one server reaching the
-sockets on the other, and an idle page that outlives nginx's read timeout.
+sockets on the other, an idle page that outlives nginx's read timeout, and a busy server that
+refuses what it cannot take.
 
-Through nginx, on the stack every test here shares (toolkit.fixtures.shared_stack).
+Through nginx, on the stack every test here shares (toolkit.fixtures.shared_stack), but the busy
+server's test, which has a stack of its own.
 """
 
 import http.client
+import sqlite3
 from urllib.parse import urlencode
 
 import pytest
@@ -24,9 +27,10 @@ from toolkit.pages import (
 from toolkit.people import (
     unique,
 )
-from toolkit.stack import TOOLS
+from toolkit.stack import TOOLS, Stack
 
 IDLE_SECONDS = 6  # three times the shared stack's proxy_read_timeout
+BUSY = "The server is busy: try again in a moment."
 
 need_tools(*TOOLS)  # CI installs them (.ci/run)
 pytestmark = pytest.mark.browser_context_args(ignore_https_errors=True)
@@ -125,6 +129,41 @@ def test_signing_out_in_one_tab_closes_the_tab_on_the_other_server(page, stack):
     assert {server_of(first), server_of(second)} == {"app1", "app2"}
     post_to(stack, server_of(first), first, "/logout")
     expect(second.locator("#status")).to_have_text("signed out", timeout=1_000)
+
+
+@pytest.mark.e2e
+def test_a_busy_server_refuses_at_once_what_it_cannot_take_and_delivers_all_it_took(
+    two_users, tmp_path
+):
+    # Each server takes 3 messages at once, then one every 1,000 seconds: Alice's fourth and
+    # fifth are more than hers can take. (No rate limit per user: the server's is the point.)
+    with Stack("09_production", tmp_path, SEND_RATE=0, SERVER_BURST=3, SERVER_RATE=0.001) as stack:
+        alice, bob = (signed_up_through_nginx(page, stack) for page in two_users)
+        assert {server_of(alice), server_of(bob)} == {"app1", "app2"}
+        box, error = alice.get_by_role("textbox", name="Message"), alice.locator("#error")
+        with no_reload(alice), no_reload(bob):
+            for n in range(1, 6):
+                box.fill(f"message {n}")
+                alice.get_by_role("button", name="Send").click()
+                if n <= 3:  # taken: the box empties
+                    expect(box).to_have_value("")
+                    expect(error).to_have_text("")
+                else:  # refused at once, and told to Alice alone; her text stays in the box
+                    expect(error).to_have_text(BUSY)
+                    expect(box).to_have_value(f"message {n}")
+            send_message(bob, "from Bob")  # his server took nothing yet
+            expect(bob.locator("#error")).to_have_text("")
+        # Stored: what was taken, each with its id, and nothing that was refused.
+        with sqlite3.connect(stack.database) as database:
+            stored = database.execute("SELECT id, text FROM messages ORDER BY id").fetchall()
+        assert [text for _, text in stored] == ["message 1", "message 2", "message 3", "from Bob"]
+        for page in (alice, bob):  # every page has every message taken, by id, and no other
+            items = page.locator("section.room[data-room='general'] li")
+            expect(items).to_have_count(4)
+            assert items.evaluate_all("items => items.map(item => item.id)") == [
+                f"message-{id}" for id, _ in stored
+            ]
+            expect(items.locator("span")).to_have_text([text for _, text in stored])
 
 
 def post_to(stack, app, page, path):

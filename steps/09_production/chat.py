@@ -28,12 +28,13 @@ from flask_socketio import (
     leave_room,
 )
 from messages import missed, read_message, rooms_open_to, store
-from rate_limit import allow_send  # per server: tabs on the other draw from its bucket (README)
+from rate_limit import SendLimit, allow_send  # per server: tabs on the other draw from its bucket
 
 PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
 LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a last_id above it makes the query fail
 SIGN_IN_AGAIN = "You are not signed in: sign in again."
 NO_SUCH_ROOM = "There is no room by that name that you may enter."
+BUSY = "The server is busy: try again in a moment."
 
 socketio = SocketIO()  # its settings are in app.py, in socketio.init_app(app, ...)
 
@@ -150,6 +151,10 @@ def on_send_message(visitor, data):
     room, text, error = read_message(data)
     if error:
         return {"error": error}
+    # More than this server can store and deliver within a second: refused now, not queued (a
+    # queue would make every page of every room fall behind). The sender's page shows it.
+    if not current_app.extensions["server_limit"].allow():
+        return {"error": BUSY}
     with room_lock:
         if not rooms_open_to(visitor.user_id, room):
             return {"error": NO_SUCH_ROOM}
@@ -162,7 +167,10 @@ def on_send_message(visitor, data):
 def start_tasks(app):
     """Start the background tasks for `app`: presence, and the policing of connections (with
     the app's settings). Started with the app, not by the first connection: a server no page has
-    signed in to yet must close the connections that never sign in too."""
+    signed in to yet must close the connections that never sign in too. Also makes the server's
+    bucket: the messages it accepts from all its pages together (SERVER_BURST, SERVER_RATE)."""
+    config = app.config
+    app.extensions["server_limit"] = SendLimit(config["SERVER_BURST"], config["SERVER_RATE"])
     socketio.start_background_task(send_presence, app)
     socketio.start_background_task(connections.look_after_connections, app)
 
