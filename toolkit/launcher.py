@@ -65,7 +65,7 @@ def accepts(port: int) -> bool:
 
 def free_port() -> int:
     """A free port that no other process of this suite hands out. Each pytest-xdist process goes
-    round 500 ports of its own, below the ephemeral ports the kernel gives to clients (32768 and
+    round 250 ports of its own, below the ephemeral ports the kernel gives to clients (32768 and
     up). Port 0 would pick one among those: a server restarted on its port could then find it
     taken by another process's new server, and the test would talk to that one. Two checkouts of
     the course (worktrees) testing at once take ranges apart, by a hash of their folder."""
@@ -77,10 +77,10 @@ def free_port() -> int:
     raise RuntimeError("every port of this process's range is taken")
 
 
-PORTS_PER_PROCESS = 500
-_checkout = zlib.crc32(str(ROOT).encode()) % 3  # three checkouts' worth of ranges: 20000-31999
+PORTS_PER_PROCESS = 250
+_checkout = zlib.crc32(str(ROOT).encode()) % 11  # eleven checkouts' worth of ranges: 10000-31999
 _worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % 8
-_first = 20_000 + PORTS_PER_PROCESS * (8 * _checkout + _worker)
+_first = 10_000 + PORTS_PER_PROCESS * (8 * _checkout + _worker)
 _ports = itertools.cycle(range(_first, _first + PORTS_PER_PROCESS))
 
 
