@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -218,7 +219,8 @@ def test_the_bench_refuses_unbounded_runs():
 def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_rooms():
     async def scenario():
         # Steps 08 and 09 as the bench speaks to them, faked: Engine.IO's open packet, Socket.IO's
-        # connect, a join acknowledged with 430, and every message broadcast to its room only.
+        # connect, a join acknowledged with 430, and every message broadcast to its room only,
+        # and answered; but in room r0 every third message is refused, as a busy server does.
         rooms, senders, seen = {}, {}, []
 
         async def chat(ws):
@@ -232,10 +234,15 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
                     rooms.setdefault(room, []).append(ws)
                     await ws.send('430[{"ok": true}]')
                 else:
-                    message = json.loads(packet[2:])[1]
+                    ack, event = re.fullmatch(r"42(\d+)(.*)", packet).groups()
+                    message = json.loads(event)[1]
                     senders.setdefault(message["room"], set()).add(ws)
+                    if message["room"] == "r0" and int(ack) % 3 == 1:  # seq 0, 3, 6, 9
+                        await ws.send(f"43{ack}" + json.dumps([{"error": "busy"}]))
+                        continue
                     for client in rooms[message["room"]]:
                         await client.send("42" + json.dumps(["new message", message]))
+                    await ws.send(f"43{ack}" + json.dumps([{"ok": True}]))
 
         async with serve(chat, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
@@ -260,16 +267,23 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
     )
     assert sorted(len(clients) for clients in rooms.values()) == [2, 2, 3]
     assert all(len(clients) == 1 for clients in senders.values()) and len(senders) == 3
-    # Every client received its own room's 10 messages, and no other room's.
-    assert (result["expected"], result["delivered"], result["lost"]) == (70, 70, 0)
-    assert result["duplicates"] == 0
-    # 30 messages in all; the last cannot arrive before 9/50 s after the first was sent.
-    assert 0 < result["messages_per_s"] <= 30 / (9 / 50)
+    # Every answer counted: 30 messages, 4 of them refused, to its sender.
+    assert (result["accepted"], result["refused"], result["unanswered"]) == (26, 4, 0)
+    assert result["refusals"] == ["busy"]
+    # Every client received its own room's messages that were taken, and no other room's: 10 in
+    # r1 and r2, 6 in r0, whose 2 or 3 clients lost nothing.
+    r0 = len(rooms["r0"])
+    assert result["expected"] == result["delivered"] == 70 - 4 * r0
+    assert (result["lost"], result["delivered_refused"], result["duplicates"]) == (0, 0, 0)
+    # 26 messages taken; the last cannot arrive before 9/50 s after the first was sent.
+    assert 0 < result["messages_per_s"] <= 26 / (9 / 50)
     # The figures of each server add up to the whole (both are this process, measured twice).
     of = result["cpu_us_per_delivery_of"]
     assert of.keys() == result["kb_per_page_of"].keys() == {"app1", "app2"}
     assert sum(of.values()) == pytest.approx(result["cpu_us_per_delivery"])
-    assert result["cpu_us_per_delivery"] == pytest.approx(1e6 * result["server_cpu_s"] / 70)
+    assert result["cpu_us_per_delivery"] == pytest.approx(
+        1e6 * result["server_cpu_s"] / result["delivered"]
+    )
     assert sum(result["kb_per_page_of"].values()) == pytest.approx(result["kb_per_page"])
 
 

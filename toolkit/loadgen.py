@@ -10,7 +10,9 @@ attack instead: one client sends as fast as it can while the others listen.
 
 Steps 07 to 09 (protocol "rooms") are Socket.IO with a signed-in page's cookie and a room to
 join: each load process is given its own `Page` (whose cookie, from which loopback address, which
-certificate to trust), and with several rooms, one client in each room sends.
+certificate to trust), and with several rooms, one client in each room sends. Each of its
+messages asks for the server's answer, as the page does: a message refused (step 09 answers
+"busy" past what it can take) is counted as refused, not as lost.
 
     python -m toolkit.loadgen ws://127.0.0.1:5000/chatroom --clients 100
     python -m toolkit.loadgen ws://127.0.0.1:5000/ --protocol socketio --clients 500
@@ -47,6 +49,8 @@ CONNECTING_AT_ONCE = 64
 FILLER = '"\U0001f600'
 # The online count: step 03's and the reference's HTML, Socket.IO's `presence` event.
 ONLINE = re.compile(r'(?:id="online"[^>]*>|"count":)(\d+)')
+ANSWER = re.compile(r"43(\d+)\[(.*)\]", re.DOTALL)  # Socket.IO's acknowledgement: 43, its id, [...]
+LATE_MS = 1000  # a delivery later than this counts as late
 
 
 def loopback_only(url: str) -> None:
@@ -114,8 +118,8 @@ def chat_frame(protocol: str, run_id: str, seq: int, size: int = 0, room: str = 
     text += (FILLER * MAX_CHARS)[: max(0, min(size, MAX_CHARS) - len(text))]
     if protocol == "socketio":  # no acknowledgement asked
         return "42" + json.dumps(["send message", {"username": "bench", "data": text}])
-    if protocol == "rooms":
-        return "42" + json.dumps(["send message", {"room": room, "text": text}])
+    if protocol == "rooms":  # acknowledgement seq + 1 asked (the join's is 0)
+        return f"42{seq + 1}" + json.dumps(["send message", {"room": room, "text": text}])
     return json.dumps({"name": "bench", "chat_message": text})
 
 
@@ -146,6 +150,8 @@ class Group:
         self.last_frame, self.closing = time.monotonic(), False
         self.last_arrival = 0.0  # when the last stamped message arrived
         self.senders = {}  # room -> its first client
+        self.answers = {}  # (room, seq) -> the server's answer to a message its sender sent
+        self.rooms_of = []  # the room of each client, beside its arrivals
 
     async def join(self, barrier) -> None:
         """Connect every client, let the join storm pass, then wait for the other processes.
@@ -164,7 +170,8 @@ class Group:
             self.sockets.append(ws)
             self.senders.setdefault(room, ws)  # the first client in each room sends, if any
             self.arrivals.append(arrivals := {})
-            self.readers.append(asyncio.create_task(self.read(ws, arrivals)))
+            self.rooms_of.append(room)
+            self.readers.append(asyncio.create_task(self.read(ws, arrivals, room)))
 
         rooms = [self.rooms[i % len(self.rooms)] for i in range(self.count)]
         await asyncio.gather(*(one(client, room) for client, room in enumerate(rooms)))
@@ -178,13 +185,16 @@ class Group:
         await asyncio.to_thread(barrier.wait, 90)
         self.cpu = cpu_seconds(psutil.Process())
 
-    async def read(self, ws, arrivals: dict) -> None:
+    async def read(self, ws, arrivals: dict, room: str | None = None) -> None:
         highest = 0  # the highest online count this client was sent
         with contextlib.suppress(ConnectionClosed):
             async for frame in ws:
                 if frame == "2":  # an Engine.IO ping: a client that does not answer is cut
                     await ws.send("3")
                     continue  # (10,000 pages are pinged 400 times a second: no sign of a storm)
+                if answer := ANSWER.fullmatch(frame):  # to a message this client sent
+                    self.answers[room, int(answer[1]) - 1] = json.loads(answer[2])
+                    continue
                 now = self.last_frame = time.monotonic()
                 self.frames += 1
                 for seq, sent in self.stamp.findall(frame):
@@ -205,8 +215,12 @@ class Group:
             await asyncio.sleep(0.02)
         cpu = cpu_seconds(psutil.Process()) - self.cpu
         figures = ("latencies", "duplicates", "dropped", "failures", "connect_s")
-        figures += ("join_frames", "count_fell_at", "last_arrival")
-        return {"cpu_s": cpu, **{name: getattr(self, name) for name in figures}}
+        figures += ("join_frames", "count_fell_at", "last_arrival", "answers")
+        # What each client received, by room: to count what was lost of the messages taken.
+        received = [
+            (room, list(got)) for room, got in zip(self.rooms_of, self.arrivals, strict=True)
+        ]
+        return {"cpu_s": cpu, "received": received, **{n: getattr(self, n) for n in figures}}
 
     def close(self) -> None:
         self.closing = True
@@ -359,24 +373,47 @@ async def run(
         )
         last_arrival = max(report["last_arrival"] for report in reports)
         failures = [failure for report in reports for failure in report["failures"]]
+        answers = reports[0]["answers"]  # the senders are all in this process
+        # A message the server refused (it answered with an error) is not to be delivered; one it
+        # took, or did not answer at all, is, to every client of its room.
+        refused = {key for key, answer in answers.items() if "error" in answer}
+        expected = delivered = delivered_refused = 0
+        for room, got in (pair for report in reports for pair in report["received"]):
+            taken = {seq for seq in range(messages) if (room, seq) not in refused}
+            got = {int(seq) for seq in got}
+            expected += len(taken)
+            delivered += len(taken & got)
+            delivered_refused += len(got - taken)
+        taken = messages * len(rooms) - len(refused)
         result.update(
             {name: sum(report[name] for report in reports) for name in ("duplicates", "dropped")},
             connect_s=max(report["connect_s"] for report in reports),
             # What the join storm cost: the frames all the clients received before the first send.
             join_frames=sum(report["join_frames"] for report in reports),
             connected=clients - len(failures),
-            expected=messages * clients,
+            expected=expected,
             delivered=len(latencies),
-            lost=messages * clients - len(latencies),
+            lost=expected - delivered,
             p50_ms=cuts[49],
             p99_ms=cuts[98],
             max_ms=max(latencies, default=None),
-            # The messages of every room, from the first send until the last arrived anywhere.
-            messages_per_s=messages * len(rooms) / max(1e-9, last_arrival - first_send),
+            late=sum(latency > LATE_MS for latency in latencies),
+            # The messages taken in every room, from the first send until the last arrived.
+            messages_per_s=taken / max(1e-9, last_arrival - first_send),
             # In % of one core: all the load generator's processes, and the busiest of them.
             load_cpu_percent=100 * sum(report["cpu_s"] for report in reports) / elapsed,
             busiest_load_cpu_percent=100 * max(report["cpu_s"] for report in reports) / elapsed,
         )
+        if protocol == "rooms":  # the servers' answers to the senders' messages
+            result.update(
+                accepted=sum("ok" in answer for answer in answers.values()),
+                refused=len(refused),
+                refusals=sorted(
+                    {answer["error"] for answer in answers.values() if "error" in answer}
+                ),
+                unanswered=messages * len(rooms) - len(answers),
+                delivered_refused=delivered_refused,  # must be 0: a refused message reached a page
+            )
         if failures:
             result["error"] = f"{len(failures)} clients did not connect, e.g. {failures[0]}"
         if servers:

@@ -66,11 +66,9 @@ def from_the_environment():
         # Messages a user may send at once, then this many a second; 0: no limit (rate_limit.py).
         "SEND_BURST": int(os.environ.get("SEND_BURST", "10")),
         "SEND_RATE": float(os.environ.get("SEND_RATE", "5")),
-        # Messages this server accepts from all its pages together: SERVER_BURST at once, then
-        # SERVER_RATE a second; past that a sender is told the server is busy. Below what the
-        # bench measures it can store and deliver (README); 0: no limit.
-        "SERVER_BURST": int(os.environ.get("SERVER_BURST", "300")),
-        "SERVER_RATE": float(os.environ.get("SERVER_RATE", "300")),
+        # Messages that may wait in line to be stored on this server; one more is refused at once
+        # ("the server is busy"): a longer line only makes every page fall further behind.
+        "LINE": int(os.environ.get("LINE", "100")),
         # A connection is closed when it has not signed in (connected to Socket.IO) this many
         # seconds after it opened (connections.py).
         "SIGN_IN_TIME": float(os.environ.get("SIGN_IN_TIME", "5")),

@@ -13,6 +13,7 @@ in its user's room, `user:<id>`, where the workers emit (tasks.py).
 """
 
 import functools
+import queue
 import threading
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ from flask_socketio import (
     leave_room,
 )
 from messages import missed, read_message, rooms_open_to, store
-from rate_limit import SendLimit, allow_send  # per server: tabs on the other draw from its bucket
+from rate_limit import allow_send  # per server: tabs on the other draw from its bucket (README)
 
 PRESENCE_DELAY = 0.2  # seconds: at most one presence broadcast per room this often
 LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a last_id above it makes the query fail
@@ -61,6 +62,7 @@ state_lock = threading.Lock()  # for the two above: each socket's handlers run i
 # message must not overtake an older one of another room (the course's bench/capacity.md says
 # what one lock costs).
 room_lock = threading.Lock()
+line = None  # the messages this server took, waiting to be stored: (visitor, room, text)
 
 
 @socketio.on("connect")
@@ -154,28 +156,46 @@ def on_send_message(visitor, data):
     room, text, error = read_message(data)
     if error:
         return {"error": error}
-    # More than this server can store and deliver within a second: refused now, not queued (a
-    # queue would make every page of every room fall behind). The sender's page shows it.
-    if not current_app.extensions["server_limit"].allow():
+    if not rooms_open_to(visitor.user_id, room):
+        return {"error": NO_SUCH_ROOM}
+    # In line to be stored and sent (store_in_turn), or refused at once when the line is full:
+    # waiting longer would only make every page of every room fall further behind.
+    try:
+        line.put_nowait((visitor, room, text))
+    except queue.Full:
         return {"error": BUSY}
-    with room_lock:
-        if not rooms_open_to(visitor.user_id, room):
-            return {"error": NO_SUCH_ROOM}
-        # Stored first: a page that misses the broadcast finds the message in the database.
-        message = store(room, visitor.user_id, visitor.name, text)
-        emit("new message", message, to=room)
     return {"ok": True}
 
 
 def start_tasks(app):
     """Start the background tasks for `app`: presence, and the policing of connections (with
     the app's settings). Started with the app, not by the first connection: a server no page has
-    signed in to yet must close the connections that never sign in too. Also makes the server's
-    bucket: the messages it accepts from all its pages together (SERVER_BURST, SERVER_RATE)."""
-    config = app.config
-    app.extensions["server_limit"] = SendLimit(config["SERVER_BURST"], config["SERVER_RATE"])
+    signed in to yet must close the connections that never sign in too. And the task that
+    stores and sends the messages in line, LINE of them at most."""
+    global line
+    line = queue.Queue(maxsize=app.config["LINE"])
+    socketio.start_background_task(store_in_turn, app)
     socketio.start_background_task(send_presence, app)
     socketio.start_background_task(connections.look_after_connections, app)
+
+
+def store_in_turn(app):
+    """Store each message in line, then send it to its room, in the order the server took them:
+    one task, so one socket's messages keep their order. A socket's handler only puts its
+    message in line (on_send_message): it is free to read the next at once, so a busy server
+    sees how much waits, and refuses the rest, instead of leaving it unread in the sockets."""
+    with app.app_context():
+        while True:
+            visitor, room, text = line.get()
+            try:
+                with room_lock:
+                    # Asked again: the sender may have left the room while the message waited.
+                    if rooms_open_to(visitor.user_id, room):
+                        # Stored first: a page that misses it live finds it in the database.
+                        message = store(room, visitor.user_id, visitor.name, text)
+                        socketio.emit("new message", message, to=room)
+            except Exception:  # the database did not answer: this message is lost, not the task
+                app.logger.exception("a message could not be stored")
 
 
 def send_presence(app):
