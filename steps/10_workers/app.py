@@ -38,7 +38,7 @@ import db
 import jobs
 import registry
 import rooms
-from chat import socketio, start_tasks
+from chat import SessionOncePerSocket, socketio, start_tasks
 from flask import Flask
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
@@ -166,6 +166,7 @@ def create_app(config=None):
     # value of each). Outermost, so that Socket.IO's Origin check sees them too.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
 
+    app.session_interface = SessionOncePerSocket()
     app.after_request(add_security_headers)
     app.register_blueprint(accounts.blueprint)
     app.register_blueprint(rooms.blueprint)
