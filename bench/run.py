@@ -51,6 +51,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--pages-only", action="store_true", help="steps 08 and 09 only")
     parser.add_argument(
+        "--rate-only",
+        action="store_true",
+        help="the messages a second of steps 08 and 09 only, put in place of those rows of --out",
+    )
+    parser.add_argument(
         "--jobs-only",
         action="store_true",
         help="the jobs of steps 09 and 10 only, put in place of the jobs' rows of --out",
@@ -71,7 +76,7 @@ def main() -> None:
         "load_average_before": os.getloadavg()[0],
     }
     started, rows = time.monotonic(), []
-    only = options.pages_only or options.jobs_only
+    only = options.pages_only or options.jobs_only or options.rate_only
     for round_ in range(1, 0 if only else plan["rounds"] + 1):
         for mode in MODES:
             for scenario, env, arguments in experiments(mode, plan):
@@ -80,11 +85,13 @@ def main() -> None:
                 rows.append({"scenario": scenario, "round": round_, **result})
     for group, plans in {} if options.jobs_only else PAGE_PLANS[run["plan"]].items():
         for scenario, *figures in plans:
+            if options.rate_only and scenario != "rate":
+                continue
             for mode in PAGE_MODES:
                 if mode[1] == group and scenario in mode[3]:
                     print(f"{mode[0]}, {scenario}: {figures}", flush=True)
                     rows.append({"round": 1, **measure_pages(mode, log_dir, scenario, *figures)})
-    for scenario, *figures in JOB_PLANS[run["plan"]]:
+    for scenario, *figures in [] if options.rate_only else JOB_PLANS[run["plan"]]:
         for mode in JOB_MODES:
             print(f"{mode[0]}, jobs {scenario}: {figures}", flush=True)
             rows.append({"round": 1, **measure_jobs(mode, log_dir, scenario, *figures)})
@@ -93,6 +100,10 @@ def main() -> None:
         earlier = json.loads(options.out.read_text())
         kept = [row for row in earlier["rows"] if not row["scenario"].startswith("jobs")]
         run, rows = {**earlier["run"], "jobs_run": run}, kept + rows
+    if options.rate_only and options.out.exists():
+        earlier = json.loads(options.out.read_text())
+        kept = [row for row in earlier["rows"] if row["scenario"] != "rate"]
+        run, rows = {**earlier["run"], "rate_run": run}, kept + rows
     options.out.write_text(json.dumps({"run": run, "rows": rows}, indent=1) + "\n")
     print(f"wrote {options.out}; the servers' output is in {log_dir}")
 

@@ -117,14 +117,15 @@ def measure(mode: tuple, log_dir: Path, env: dict = NO_LIMIT, **scenario) -> dic
 # --- steps 08 and 09: signed-in pages, each joined to a room ---
 
 # (pages, messages, messages a second per room, rooms): "pages" is one room, "general", with
-# one sender; "rate" is 20 rooms of 10 pages, a sender in each, the rate limit off (SEND_RATE=0).
+# one sender; "rate" is 20 rooms of 10 pages, a sender in each, the rate limit off (SEND_RATE=0):
+# 500 to 4,000 offered a second in all.
 PAGE_PLANS = {
     "full": {
         "08": [("pages", pages, 50, 5, 1) for pages in (250, 500, 1000)]
         + [("rate", 200, 100, rate, 20) for rate in (25, 50, 100)],
         "09": [("pages", pages, 50, 5, 1) for pages in (1000, 2000)]
         + [("pages", pages, 20, 1, 1) for pages in (5000, 10_000)]
-        + [("rate", 200, 250, rate, 20) for rate in (25, 50, 100, 150)],
+        + [("rate", 200, 250, rate, 20) for rate in (25, 50, 100, 200)],
     },
     "quick": {
         "08": [("pages", 100, 10, 5, 1)],
