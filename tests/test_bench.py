@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -285,6 +286,24 @@ def test_the_bench_signs_in_each_load_process_and_counts_messages_a_second_over_
         1e6 * result["server_cpu_s"] / result["delivered"]
     )
     assert sum(result["kb_per_page_of"].values()) == pytest.approx(result["kb_per_page"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["09 storing reference", "09 nginx"])
+def test_the_storing_reference_and_step_09_store_every_message_they_take_before_sending_it(
+    tmp_path, name
+):
+    # The bench's messages a second, small: 4 rooms of 3 pages, 10 messages from each room's
+    # sender, through nginx with TLS.
+    mode = next(mode for mode in bench.PAGE_MODES if mode[0].startswith(name))
+    row = in_own_thread(bench.measure_pages, mode, tmp_path, "rate", 12, 10, 20, 4)
+    assert "error" not in row, row
+    assert (row["accepted"], row["refused"], row["unanswered"]) == (40, 0, 0)
+    assert (row["expected"], row["delivered"], row["lost"]) == (120, 120, 0)
+    (database,) = [*tmp_path.glob("pages-*/*.sqlite"), *tmp_path.glob("pages-*/instance/*.sqlite")]
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        texts = [text for (text,) in db.execute("SELECT text FROM messages")]
+    assert len(texts) == 40 and all(text.startswith("run=") for text in texts)
 
 
 # (scenario, jobs, steps, seconds a step)
