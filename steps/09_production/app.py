@@ -68,7 +68,7 @@ def from_the_environment():
         "SEND_RATE": float(os.environ.get("SEND_RATE", "5")),
         # Messages that may wait in line to be stored on this server; one more is refused at once
         # ("the server is busy"): a longer line only makes every page fall further behind.
-        "LINE": int(os.environ.get("LINE", "20")),
+        "LINE": int(os.environ.get("LINE", "50")),
         # A connection is closed when it has not signed in (connected to Socket.IO) this many
         # seconds after it opened (connections.py).
         "SIGN_IN_TIME": float(os.environ.get("SIGN_IN_TIME", "5")),
