@@ -80,11 +80,19 @@ def outcome_of(test: str, outcomes: dict[str, str]) -> str:
     """The outcome of a test named by its node id or its file (all its tests), over all its
     parameters when the name has none: broken if any is broken, else failed if any failed, else
     passed; broken if none ran."""
-    found = [
-        result
-        for node, result in outcomes.items()
-        if node == test or node.startswith((test + "[", test + "::"))
-    ]
+    return overall(
+        {
+            node: result
+            for node, result in outcomes.items()
+            if node == test or node.startswith((test + "[", test + "::"))
+        }
+    )
+
+
+def overall(outcomes: dict[str, str]) -> str:
+    """The outcome of a whole run: broken if any test is broken or none ran, else failed if any
+    failed, else passed."""
+    found = list(outcomes.values())
     if not found or "broken" in found:
         return "broken"
     return "failed" if "failed" in found else "passed"

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from toolkit.checks import apply, copy_step, failing, outcome_of, run_tests
+from toolkit.checks import apply, copy_step, failing, overall, run_tests
 from toolkit.course import ROOT, Exercise, find_test, load, named_test
 
 COURSE = load()
@@ -133,18 +133,15 @@ def check_own_test(exercise: Exercise, test: Path) -> list[str]:
             folder: run_tests([str(test)], step.folder, folder, "-p", "toolkit.fixtures")
             for folder in (untouched, broken)
         }
-    still = []
-    if outcome_of(str(test), runs[untouched]) != "passed":
-        still += [
-            f"on the step it should pass: {node} {result}"
-            for node, result in runs[untouched].items()
-            if result != "passed"
-        ]
-    if outcome_of(str(test), runs[broken]) != "failed":
-        still.append(
-            "with the defence removed it should fail, and it "
-            + ("passed" if outcome_of(str(test), runs[broken]) == "passed" else "did not run")
-        )
+    on_step, without_defence = overall(runs[untouched]), overall(runs[broken])
+    still = [
+        f"on the step it must pass: {node} {result}"
+        for node, result in runs[untouched].items()
+        if on_step != "passed" and result != "passed"
+    ]
+    if without_defence != "failed":
+        did = "passed" if without_defence == "passed" else "did not run (an error, or no test)"
+        still.append(f"with the defence removed it must fail, and it {did}")
     return still
 
 
@@ -166,13 +163,14 @@ def watch(exercise: Exercise) -> None:
     def ours(change, path: str) -> bool:
         return not set(Path(path).relative_to(copy).parts) & {*LEFT_OUT, ".git"}
 
-    print(f"Watching {copy}/ (Ctrl-C stops).", flush=True)
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, even into a file
+    print(f"Watching {copy}/ (Ctrl-C stops).")
     report(exercise, check(exercise))
-    print("Waiting for a save...", flush=True)
+    print("Waiting for a save...")
     for _ in watchfiles.watch(copy, watch_filter=ours, raise_interrupt=False):
-        print(f"Saved: checking {exercise.id} again.", flush=True)
+        print(f"Saved: checking {exercise.id} again.")
         report(exercise, check(exercise))
-        print("Waiting for a save...", flush=True)
+        print("Waiting for a save...")
 
 
 def solution(exercise: Exercise) -> None:
