@@ -1,4 +1,4 @@
-"""Exercise 01-2: /shout answers in upper case, after the time it received the message; /echo is
+"""Exercise 01-01: /shout answers in upper case, after the time it received the message; /echo is
 unchanged (the step's own tests check that)."""
 
 import re

@@ -1,4 +1,4 @@
-"""Exercise 02-2: a third widget, the load average, on every page and in every push."""
+"""Exercise 02-01: a third widget, the load average, on every page and in every push."""
 
 import os
 import re

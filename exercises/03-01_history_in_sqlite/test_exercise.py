@@ -1,4 +1,4 @@
-"""Exercise 03-2: the history survives a restart, kept in SQLite."""
+"""Exercise 03-01: the history survives a restart, kept in SQLite."""
 
 from websockets.sync.client import connect
 

@@ -1,4 +1,4 @@
-"""Exercise 03-3: the rate limit counts every connection from one address together."""
+"""Exercise 03-02: the rate limit counts every connection from one address together."""
 
 from websockets.sync.client import connect
 

@@ -1,4 +1,4 @@
-"""Exercise 04-4: a private message reaches the page whose sid it names, and the sender's."""
+"""Exercise 04-01: a private message reaches the page whose sid it names, and the sender's."""
 
 import json
 

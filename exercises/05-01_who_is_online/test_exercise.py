@@ -1,4 +1,4 @@
-"""Exercise 05-4: who.py prints each server's count and the total, from the keys in Redis."""
+"""Exercise 05-01: who.py prints each server's count and the total, from the keys in Redis."""
 
 import os
 import subprocess

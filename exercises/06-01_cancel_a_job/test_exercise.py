@@ -1,4 +1,4 @@
-"""Exercise 06-2: a job can be cancelled; it stops after its current step and says so."""
+"""Exercise 06-01: a job can be cancelled; it stops after its current step and says so."""
 
 import http.client
 import re

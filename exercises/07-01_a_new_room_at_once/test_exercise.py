@@ -1,4 +1,4 @@
-"""Exercise 07-2: a member added to a private room sees it on their open page at once."""
+"""Exercise 07-01: a member added to a private room sees it on their open page at once."""
 
 import pytest
 from playwright.sync_api import expect

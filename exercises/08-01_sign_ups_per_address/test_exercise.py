@@ -1,4 +1,4 @@
-"""Exercise 08-4: one address opens at most SIGN_UPS accounts (here 3 an hour); then 429."""
+"""Exercise 08-01: one address opens at most SIGN_UPS accounts (here 3 an hour); then 429."""
 
 import requests
 

@@ -1,4 +1,4 @@
-"""Exercise 09-1: nginx passes a job's events on one by one because the app asks it to, with
+"""Exercise 09-01: nginx passes a job's events on one by one because the app asks it to, with
 `X-Accel-Buffering: no`, not because nginx.conf says `proxy_buffering off`."""
 
 import re

@@ -1,4 +1,4 @@
-"""Exercise 09-5: a user's tabs on both app servers draw from one rate-limit bucket, in Redis."""
+"""Exercise 09-02: a user's tabs on both app servers draw from one rate-limit bucket, in Redis."""
 
 import time
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Exercise 10-1: a job longer than the visibility timeout is run by one process, once."""
+"""Exercise 10-01: a job longer than the visibility timeout is run by one process, once."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Exercise 10-2: each step's line says how long the step took in the worker."""
+"""Exercise 10-02: each step's line says how long the step took in the worker."""
 
 import re
 
