@@ -70,15 +70,31 @@ def shared(tmp_path_factory, worker_id):
     return base.parent if worker_id != "master" else base
 
 
+def untouched_copy(step: str, shared: Path) -> Path:
+    """The untouched copy of a step, made once for the whole run (nothing patches it)."""
+    folder = shared / f"untouched-{step}"
+    with open(shared / f"untouched-{step}-copy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():  # copied whole, then named: never seen half made
+            copy_step(COURSE.step(step).path, shared / f"copying-{step}")
+            (shared / f"copying-{step}").rename(folder)
+    return folder / COURSE.step(step).folder
+
+
 def untouched_outcomes(step: str, shared: Path) -> dict[str, str]:
-    """The outcomes of every test the step's proofs name, on one untouched copy of the step: made
-    once (under a lock), read by every proof of the step."""
+    """The outcomes of every test of tests/ that the step's proofs name, in one pytest run on the
+    untouched copy: made once (under a lock), read by every proof of the step. (An exercise's
+    own test runs alone, on a copy of its own: two files named test_exercise.py cannot share a
+    run.)"""
     results = shared / f"untouched-{step}.json"
+    folder = untouched_copy(step, shared)
     with open(shared / f"untouched-{step}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not results.exists():
-            tests = sorted({p["test"] for p in PROOFS.values() if p["step"] == step})
-            folder = copy_step(COURSE.step(step).path, shared / f"untouched-{step}")
+            tests = sorted(
+                {p["test"] for p in PROOFS.values() if p["step"] == step}
+                - {p["test"] for p in PROOFS.values() if not p["test"].startswith("tests/")}
+            )
             results.write_text(json.dumps(run_tests(tests, COURSE.step(step).folder, folder)))
     return json.loads(results.read_text())
 
@@ -89,9 +105,15 @@ def untouched_outcomes(step: str, shared: Path) -> dict[str, str]:
 def test_is_proven(name, shared, tmp_path):
     wanted = PROOFS[name]
     step, test = COURSE.step(wanted["step"]), wanted["test"]
-    found = outcome_of(test, untouched_outcomes(wanted["step"], shared))
-    assert found == wanted["untouched"], f"{test} on the step: {found}, not {wanted['untouched']}"
-    patched = copy_step(step.path, tmp_path)
+    if test.startswith("tests/"):
+        outcomes = untouched_outcomes(wanted["step"], shared)
+    else:
+        outcomes = run_tests([test], step.folder, copy_step(step.path, tmp_path / "untouched"))
+    found = outcome_of(test, outcomes)
+    assert found == wanted["untouched"], (
+        f"{test} on the step: {found}, not {wanted['untouched']}\n{outcomes}"
+    )
+    patched = copy_step(step.path, tmp_path / "patched")
     apply(wanted["patch"], patched)
     outcomes = run_tests([test], step.folder, patched, "-x")
     found = outcome_of(test, outcomes)
