@@ -82,3 +82,23 @@ def test_watch_checks_again_when_a_file_of_the_copy_is_saved(tmp_path):
         watcher.send_signal(signal.SIGINT)
         watcher.wait(timeout=10)
     assert state_of(tmp_path) == "done"
+
+
+@pytest.mark.slow
+def test_a_test_written_by_the_learner_must_pass_on_the_step_and_fail_without_the_defence(
+    tmp_path,
+):
+    exercise = "03-06"  # write the test: the length limit of step 03
+    progress(tmp_path, "start", exercise)
+    mine = tmp_path / exercise / "test_mine.py"
+    mine.write_text("def test_mine():\n    pass\n")  # passes everywhere: it catches nothing
+    too_weak = progress(tmp_path, "check", exercise, check=False)
+    assert too_weak.returncode == 1
+    assert "with the defence removed it must fail, and it passed" in too_weak.stdout
+    assert "on the step it must pass" not in too_weak.stdout
+    mine.write_text("def test_mine():\n    assert False\n")  # fails everywhere
+    too_strict = progress(tmp_path, "check", exercise, check=False)
+    assert "on the step it must pass" in too_strict.stdout
+    mine.write_text(progress(tmp_path, "solution", exercise).stdout)
+    assert progress(tmp_path, "check", exercise).returncode == 0
+    assert state_of(tmp_path, exercise) == "done"
