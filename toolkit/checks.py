@@ -46,9 +46,16 @@ def apply(patch: Path, folder: Path) -> None:
             raise RuntimeError(f"{patch} does not apply in {folder}:\n{done.stdout}")
 
 
-def run_tests(tests: list[str], step: str, folder: Path, *options: str) -> dict[str, str]:
+class Outcomes(dict):
+    """Each test's node id -> its outcome; `why` holds, for a test that did not pass, the last
+    line of its report (the assertion or the error), to say what still fails."""
+
+    why: dict[str, str]
+
+
+def run_tests(tests: list[str], step: str, folder: Path, *options: str) -> Outcomes:
     """pytest on `tests` (files or node ids, from the repository's root), with step `step`'s
-    servers started from `folder`: each test's node id -> its outcome."""
+    servers started from `folder`: each test's outcome."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "outcomes.json"
         done = subprocess.run(
@@ -69,10 +76,12 @@ def run_tests(tests: list[str], step: str, folder: Path, *options: str) -> dict[
             capture_output=True,
             text=True,
         )
-        outcomes = json.loads(report.read_text()) if report.exists() else {}
+        found = json.loads(report.read_text()) if report.exists() else {}
+    outcomes = Outcomes(found.get("outcomes", {}))
+    outcomes.why = found.get("why", {})
     if not outcomes:  # nothing ran: say why
-        outcomes = {test: "broken" for test in tests}
-        outcomes["(pytest)"] = f"broken: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        outcomes.update({test: "broken" for test in tests})
+        outcomes.why = {test: f"{done.stdout[-2000:]}{done.stderr[-2000:]}" for test in tests}
     return outcomes
 
 
@@ -98,14 +107,19 @@ def overall(outcomes: dict[str, str]) -> str:
     return "failed" if "failed" in found else "passed"
 
 
-def failing(outcomes: dict[str, str]) -> list[str]:
-    """The tests of a run that did not pass."""
-    return [node for node, result in outcomes.items() if result != "passed"]
+def failing(outcomes: Outcomes) -> list[str]:
+    """The tests of a run that did not pass, each with the first line of why."""
+    return [
+        f"{node}\n      {outcomes.why.get(node, result)}".rstrip()
+        for node, result in outcomes.items()
+        if result != "passed"
+    ]
 
 
 # --- the pytest plugin (-p toolkit.checks): each test's outcome, into the JSON file ---
 
 _outcomes: dict[str, str] = {}
+_why: dict[str, str] = {}
 
 
 def pytest_runtest_logreport(report):
@@ -116,9 +130,12 @@ def pytest_runtest_logreport(report):
         _outcomes[report.nodeid] = "broken"
     elif report.when == "call":
         _outcomes.setdefault(report.nodeid, "passed")
+    if report.failed or report.skipped:
+        lines = [line for line in str(report.longrepr).splitlines() if line.startswith("E ")]
+        _why.setdefault(report.nodeid, (lines or [str(report.longrepr)[-300:]])[0][:300])
 
 
 def pytest_sessionfinish(session):
     path = os.environ.get(OUTCOMES_FILE)
     if path and not hasattr(session.config, "workerinput"):
-        Path(path).write_text(json.dumps(_outcomes, indent=1))
+        Path(path).write_text(json.dumps({"outcomes": _outcomes, "why": _why}, indent=1))
