@@ -41,8 +41,10 @@ def test_exercise_ids_are_zero_padded_belong_to_their_step_and_sort():
 def test_each_exercise_holds_the_files_of_its_kind(exercise):
     assert exercise.kind in KINDS
     assert exercise.minutes > 0
-    files = {path.name for path in exercise.path.iterdir() if path.name != "__pycache__"}
-    assert files == FILES[exercise.kind] | {"README.md"}
+    files = {path.name for path in exercise.path.iterdir()}
+    assert FILES[exercise.kind] | {"README.md"} <= files, "a file of its kind is missing"
+    others = set().union(*FILES.values()) - FILES[exercise.kind]
+    assert not files & others, f"{sorted(files & others)}: files of another kind"
     if exercise.kind == "fix-it":
         find_test(named_test(exercise.path), exercise.step)
 
