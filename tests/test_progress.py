@@ -71,6 +71,7 @@ def test_watch_checks_again_when_a_file_of_the_copy_is_saved(tmp_path):
             stderr=subprocess.STDOUT,
         )
     try:
+
         def printed():
             assert watcher.poll() is None, f"the watcher stopped:\n{output.read_text()}"
             return output.read_text()
