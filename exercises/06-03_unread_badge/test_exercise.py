@@ -12,6 +12,18 @@ def badge(tab):
     return tab.get_by_role("banner").get_by_role("status")
 
 
+def kinds_fetched(tab):
+    """A list that fills with the Content-Type of each answer to the tab's own fetches."""
+    kinds = []
+
+    def record(response):
+        if response.request.resource_type == "fetch":
+            kinds.append(response.headers.get("content-type", ""))
+
+    tab.on("response", record)
+    return kinds
+
+
 @pytest.mark.e2e
 def test_a_finished_job_shows_on_another_tabs_badge_until_the_jobs_page_is_opened(page, serve):
     server = serve("06_sse_progress", JOB_STEPS=2, JOB_STEP_SECONDS=0.1, HEARTBEAT=0.5)
@@ -19,6 +31,7 @@ def test_a_finished_job_shows_on_another_tabs_badge_until_the_jobs_page_is_opene
     first = start_job_on_page(page)
     # A second tab of the same browser, on the job's own page: the badge is on every page.
     other = page.context.new_page()
+    fetched = kinds_fetched(other)
     other.goto(f"{server.url}/jobs/{first.get_attribute('id').removeprefix('job-')}")
     with no_reload(other):
         expect(other.get_by_role("status").last).to_have_text("Done")
@@ -35,6 +48,8 @@ def test_a_finished_job_shows_on_another_tabs_badge_until_the_jobs_page_is_opene
         expect(badge(third)).to_have_text("")
         expect(badge(other)).to_have_text("")
         expect(badge(page)).to_have_text("")
+    # Pushed, not polled: what the tab fetched after it loaded was event streams only.
+    assert fetched and all(kind.startswith("text/event-stream") for kind in fetched), fetched
 
 
 @pytest.mark.e2e
