@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.package-lock.json
 
 # The course's steps, their parents, vendor files and exercises, from steps.toml (the only place
 # that names them), as make variables: step_numbers, step_dir_NN, parent_NN, grafts_NN,
-# vendor_NN, exercise_ids and exercise_dir_ID. Made again whenever steps.toml changes.
+# vendor_NN and exercise_ids. Made again whenever steps.toml changes.
 include .make/steps.mk
 .make/steps.mk: steps.toml toolkit/course.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,7 +21,7 @@ step_dir = $(step_dir_$(1))
 .DEFAULT_GOAL := help
 .SECONDARY:  # keep the set-up stamps: they are what makes the second run fast
 .PHONY: help test test-fast lint lab pictures bench bench-quick diff diff-all clean vendor tools-09 \
-	exercise check solution test-exercises
+	exercises exercise check watch solution test-exercises
 
 help: ## List the targets
 	@echo "Usage: make <target>   (HOST=$(HOST) PORT=$(PORT) can be overridden)"
@@ -146,46 +146,38 @@ lab: $(VENV)/.notebooks vendor ## Open JupyterLab on the notebooks, to experimen
 	@browser=$$(bash tests/find-browser.sh $(PY)) && cd notebooks && \
 		CHROMIUM_PATH="$$browser" ../$(VENV)/bin/jupyter lab
 
-# --- exercises: exercises/NN-k_slug/, each proven by a test (exercises/README.md) ---
+# --- exercises: exercises/NN-KK_slug/ (exercises/README.md); the mutations: tests/mutations/ ---
 
-# E=03-3 names exercises/03-3_*/, which belongs to step 03; the learner's copy is work/03-3/.
-exercise_dir = $(exercise_dir_$(E))
-exercise_step = $(call step_dir,$(firstword $(subst -, ,$(E))))
-exercise_copy = work/$(E)
-# A build exercise is checked by its own test; a break-it one by the step's test it names.
-exercise_test = $(if $(wildcard $(exercise_dir)/break.patch),$(shell $(PYTHON) -m toolkit.course \
-	find-test "$$(cat $(exercise_dir)/must_fail.txt)" $(firstword $(subst -, ,$(E)))),$(exercise_dir)/test_exercise.py)
-need_exercise = test -n "$(E)" -a -n "$(exercise_dir)" || { echo "Usage: make $@ E=03-3 \
-	(one of: $(exercise_ids))" >&2; exit 1; }
+# E=03-01 names exercises/03-01_*/, of step 03; the learner's copy is work/03-01/. The commands
+# themselves are in toolkit/progress.py.
+exercise_step = $(firstword $(subst -, ,$(E)))
+progress = $(PY) -m toolkit.progress
+need_exercise = test -n "$(filter $(E),$(exercise_ids))" || { echo "Usage: make $@ E=03-01 \
+	(one of: $(exercise_ids); make exercises lists them)" >&2; exit 1; }
+with_browser = browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser"
 
-exercise: $(VENV)/.runtime $(if $(E),vendor-$(firstword $(subst -, ,$(E)))) ## Copy exercise E's step into work/E to work in: make exercise E=03-3
+exercises: $(VENV)/.test ## List the exercises, with their kind, minutes and your progress
+	@$(progress) list
+
+exercise: $(VENV)/.test $(if $(E),vendor-$(exercise_step)) ## Copy exercise E's step into work/E to work in: make exercise E=03-01
 	@$(need_exercise)
-	@test ! -e $(exercise_copy) || \
-		{ echo "$(exercise_copy)/ is already there: work in it, or delete it to start again." >&2; exit 1; }
-	@mkdir -p work && cp -R $(exercise_step) $(exercise_copy) && rm -rf $(exercise_copy)/instance
-	@if test -f $(exercise_dir)/break.patch; then \
-		patch -s -p1 -d $(exercise_copy) < $(exercise_dir)/break.patch && \
-		echo "$(exercise_copy)/ is $(exercise_step) with a defence removed: read $(exercise_dir)/README.md."; \
-	else echo "$(exercise_copy)/ is a copy of $(exercise_step): do $(exercise_dir)/README.md there."; fi
-	@echo "Serve it: HOST=$(HOST) PORT=$(PORT) $(PY) $(exercise_copy)/app.py"
-	@echo "Check it: make check E=$(E)   Peek: make solution E=$(E)"
+	@$(progress) start $(E)
 
-check: $(VENV)/.test ## Run exercise E's test on your copy in work/E: make check E=03-3
+check: $(VENV)/.test ## Run exercise E's check on your copy in work/E: make check E=03-01
 	@$(need_exercise)
-	@test -d $(exercise_copy) || { echo "No $(exercise_copy)/ yet: make exercise E=$(E)" >&2; exit 1; }
-	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" \
-		STEP_FOLDER_$(notdir $(exercise_step))=$(CURDIR)/$(exercise_copy) \
-		$(PY) -m pytest -p no:cacheprovider $(exercise_test)
+	@$(with_browser) $(progress) check $(E)
 
-solution: ## Print exercise E's solution as a diff against its step: make solution E=03-3
+watch: $(VENV)/.test ## Run exercise E's check again each time you save a file of work/E
 	@$(need_exercise)
-	@cat $(or $(wildcard $(exercise_dir)/solution.patch),$(exercise_dir)/break.patch)
+	@$(with_browser) $(progress) watch $(E)
 
-# Each exercise runs pytest twice on its own copies of the step: they are independent, so three
-# processes prove them side by side (exercises/prove.py).
-test-exercises: $(VENV)/.test $(VENV)/.runtime vendor ## Prove every exercise: its test fails on the step and passes with its solution (or the reverse for a break-it)
-	@browser=$$(bash tests/find-browser.sh $(PY)) && CHROMIUM_PATH="$$browser" $(PY) -m pytest \
-		exercises/prove.py -n 3 -p no:cacheprovider --durations=5
+solution: $(VENV)/.test ## Print one solution of exercise E: make solution E=03-01
+	@$(need_exercise)
+	@$(progress) solution $(E)
+
+# exercises/prove.py: every exercise and mutation, on fresh copies of the steps; three processes.
+test-exercises: $(VENV)/.test $(VENV)/.runtime vendor ## Prove every exercise and mutation: each test fails and passes where it should
+	@$(with_browser) $(PY) -m pytest exercises/prove.py -n 3 -p no:cacheprovider --durations=5
 
 # The READMEs' pictures are screenshots that the page tests take of the real pages when
 # PICTURES=1: tests/test_pages.py for steps 01 to 06, tests/test_NN_pages.py for the later steps

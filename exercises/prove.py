@@ -1,115 +1,126 @@
-"""`make test-exercises`: prove every exercise on fresh copies of its step.
+"""`make test-exercises`: prove every exercise of steps.toml and every mutation of tests/mutations/
+on fresh copies of its step.
 
-- A build exercise (`solution.patch`, `test_exercise.py`): its test fails on the untouched step
-  and passes once the solution is applied.
-- A break-it exercise (`break.patch`, `must_fail.txt`): the step's test named in `must_fail.txt`
-  (by its name: toolkit.course.find_test finds its file) passes on the untouched step and fails
-  once the defence is removed.
+- build (solution.patch, test_exercise.py): its test fails on the step and passes once the
+  solution is applied;
+- fix-it, and a mutation (break.patch, must_fail.txt): the step's test named in must_fail.txt
+  (toolkit.course.find_test finds it) passes on the step and fails once the defence is removed;
+- write-the-test (break.patch, solution_test.py): our test passes on the step and fails once the
+  defence is removed.
 
-The exercises are the ones steps.toml lists for each step. Each check runs pytest in a subprocess
-on a copy of the step, which the environment points the launcher at (`STEP_FOLDER_<step>`, see
-toolkit/launcher.py). The untouched copy of a step is shared by the exercises a process proves; a
-patched copy belongs to one exercise.
+The step's side of every proof comes from one pytest run per step on an untouched copy, which
+runs all the tests of tests/ its exercises and mutations name at once; the first proof of a step
+that needs it makes it, the others (in any pytest-xdist process) wait for it and read its
+outcomes. A test that run did not see as wanted runs again alone before the proof fails, as an
+exercise's own test always does.
+Each patched copy belongs to one proof and runs that proof's test alone. A broken outcome (an
+error, a skip, a timeout: toolkit/checks.py) fails the proof whichever outcome was wanted.
 """
 
-import os
-import shutil
-import subprocess
-import sys
+import fcntl
+import json
 from pathlib import Path
 
 import pytest
 
-from toolkit.course import ROOT, find_test, load
+from toolkit.checks import apply, copy_step, outcome_of, run_tests
+from toolkit.course import ROOT, find_test, load, mutations, named_test
 
 COURSE = load()
-EXERCISES = [
-    ROOT / "exercises" / exercise for step in COURSE.steps.values() for exercise in step.exercises
-]
 
 
-def step_of(exercise: Path) -> Path:
-    """The step folder an exercise belongs to."""
-    return COURSE.exercise_step(exercise.name).path
+def proof(folder: Path, step: str, kind: str) -> dict:
+    """What one exercise or mutation must show: the test, the patch, and the outcome wanted on
+    the untouched step (the patched copy must show the other)."""
+    step_folder = COURSE.step(step).folder
+    if kind == "build":
+        test, patch, untouched = folder / "test_exercise.py", folder / "solution.patch", "failed"
+    elif kind == "write-the-test":
+        test, patch, untouched = folder / "solution_test.py", folder / "break.patch", "passed"
+    else:
+        test, patch, untouched = None, folder / "break.patch", "passed"
+    return {
+        "step": step,
+        "test": find_test(named_test(folder), step_folder)
+        if test is None
+        else str(test.relative_to(ROOT)),
+        "patch": patch,
+        "untouched": untouched,
+        "patched": "passed" if untouched == "failed" else "failed",
+    }
 
 
-def copy_step(step: Path, into: Path) -> Path:
-    """A copy of the step as a learner would have it: its vendor files, none of its state."""
-    return Path(
-        shutil.copytree(
-            step, into / step.name, ignore=shutil.ignore_patterns("__pycache__", "instance")
-        )
-    )
-
-
-def apply(patch: Path, folder: Path) -> None:
-    """Apply a patch inside the copy as a learner would (`patch -p1`); fail loudly if it does not
-    apply, and first check that it applies, so a half-applied patch never runs."""
-    for check in (["--dry-run"], []):
-        done = subprocess.run(
-            ["patch", "-p1", "--batch", "--forward", "--input", str(patch), *check],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, f"{patch.relative_to(ROOT)} does not apply:\n{done.stdout}"
-
-
-def run_tests(test: str, step: Path, folder: Path) -> subprocess.CompletedProcess:
-    """pytest on `test` (a file or a node id, from the repository's root), with the step's
-    servers started from `folder`."""
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", test, "-p", "no:cacheprovider", "-q", "-x"],
-        cwd=ROOT,
-        env={**os.environ, f"STEP_FOLDER_{step.name}": str(folder)},
-        capture_output=True,
-        text=True,
-    )
-
-
-def outcome(done: subprocess.CompletedProcess) -> str:
-    """Passed, failed, or broken: an error in a fixture (no browser, say) or while collecting, no
-    test found, or a test that hung until pytest-timeout stopped it proves nothing, so a broken
-    run fails the proof whichever outcome was wanted."""
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    if done.returncode == 0:
-        return "passed"
-    if done.returncode == 1 and " error" not in summary and "Failed: Timeout" not in done.stdout:
-        return "failed"
-    return "broken"
-
-
-def expect_outcome(done: subprocess.CompletedProcess, wanted: str, what: str) -> None:
-    found = outcome(done)
-    assert found == wanted, f"{what}: {found}, not {wanted}\n{done.stdout[-3000:]}{done.stderr}"
+PROOFS = {
+    exercise.folder: proof(exercise.path, exercise.step, exercise.kind)
+    for exercise in COURSE.exercises.values()
+} | {f"mutation-{m.folder}": proof(m.path, m.step, "mutation") for m in mutations()}
+# Steps taken in turn, so that the first proofs the processes take need different steps.
+ORDER = sorted(
+    PROOFS,
+    key=lambda name: (
+        [p for p in PROOFS if PROOFS[p]["step"] == PROOFS[name]["step"]].index(name),
+        PROOFS[name]["step"] not in ("09", "10", "08"),  # the longest steps first
+        PROOFS[name]["step"],
+    ),
+)
 
 
 @pytest.fixture(scope="session")
-def untouched(tmp_path_factory):
-    """The untouched copy of each step, made once per process and shared (nothing patches it)."""
-    copies = {}
-
-    def copy_of(step: Path) -> Path:
-        if step not in copies:
-            copies[step] = copy_step(step, tmp_path_factory.mktemp("untouched"))
-        return copies[step]
-
-    return copy_of
+def shared(tmp_path_factory, worker_id):
+    """A folder every pytest-xdist process of this run sees."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if worker_id != "master" else base
 
 
-# Two runs of pytest, each of whose tests may take up to its own timeout (pyproject.toml).
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("exercise", EXERCISES, ids=[folder.name for folder in EXERCISES])
-def test_exercise_is_proven(exercise, untouched, tmp_path):
-    step = step_of(exercise)
-    patched = copy_step(step, tmp_path)
-    if (exercise / "break.patch").exists():
-        test = find_test((exercise / "must_fail.txt").read_text().strip(), step.name)
-        expect_outcome(run_tests(test, step, untouched(step)), "passed", f"{test} on the step")
-        apply(exercise / "break.patch", patched)
-        expect_outcome(run_tests(test, step, patched), "failed", f"{test} with break.patch")
-    else:
-        test = str((exercise / "test_exercise.py").relative_to(ROOT))
-        expect_outcome(run_tests(test, step, untouched(step)), "failed", f"{test} on the step")
-        apply(exercise / "solution.patch", patched)
-        expect_outcome(run_tests(test, step, patched), "passed", f"{test} with solution.patch")
+def untouched_copy(step: str, shared: Path) -> Path:
+    """The untouched copy of a step, made once for the whole run (nothing patches it)."""
+    folder = shared / f"untouched-{step}"
+    with open(shared / f"untouched-{step}-copy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():  # copied whole, then named: never seen half made
+            copy_step(COURSE.step(step).path, shared / f"copying-{step}")
+            (shared / f"copying-{step}").rename(folder)
+    return folder / COURSE.step(step).folder
+
+
+def untouched_outcomes(step: str, shared: Path) -> dict[str, str]:
+    """The outcomes of every test of tests/ that the step's proofs name, in one pytest run on the
+    untouched copy: made once (under a lock), read by every proof of the step. (An exercise's
+    own test runs alone, on a copy of its own: two files named test_exercise.py cannot share a
+    run.)"""
+    results = shared / f"untouched-{step}.json"
+    folder = untouched_copy(step, shared)
+    with open(shared / f"untouched-{step}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not results.exists():
+            tests = sorted(
+                {p["test"] for p in PROOFS.values() if p["step"] == step}
+                - {p["test"] for p in PROOFS.values() if not p["test"].startswith("tests/")}
+            )
+            results.write_text(json.dumps(run_tests(tests, COURSE.step(step).folder, folder)))
+    return json.loads(results.read_text())
+
+
+# The step's run does many tests, each of which may take up to its own timeout (pyproject.toml).
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", ORDER)
+def test_is_proven(name, shared, tmp_path):
+    wanted = PROOFS[name]
+    step, test = COURSE.step(wanted["step"]), wanted["test"]
+    if test.startswith("tests/"):
+        outcomes = untouched_outcomes(wanted["step"], shared)
+    if not test.startswith("tests/") or outcome_of(test, outcomes) != wanted["untouched"]:
+        # An exercise's own test; or a test the step's run did not see as wanted (a test that
+        # measures time may fail on a machine that runs many at once): alone, on a fresh copy.
+        outcomes = run_tests([test], step.folder, copy_step(step.path, tmp_path / "untouched"))
+    found = outcome_of(test, outcomes)
+    assert found == wanted["untouched"], (
+        f"{test} on the step: {found}, not {wanted['untouched']}\n{getattr(outcomes, 'why', '')}"
+    )
+    patched = copy_step(step.path, tmp_path / "patched")
+    apply(wanted["patch"], patched)
+    outcomes = run_tests([test], step.folder, patched, "-x")
+    found = outcome_of(test, outcomes)
+    assert found == wanted["patched"], (
+        f"{test} with {wanted['patch'].name}: {found}, not {wanted['patched']}\n{outcomes.why}"
+    )

@@ -18,11 +18,11 @@ Structure, for every step:
   (`tests/test_*.py`): tests move between files, their names stay.
 - The code that matters: 15 to 40 lines quoted in fenced blocks with a path (see Quotes), not
   counting blank lines and `...`.
-- Exercises: a link to every build exercise of the step (an exercise of steps.toml whose id has
-  no `-b`), and one to exercises/ itself.
+- Exercises: a link to every exercise steps.toml lists for the step, and one to exercises/
+  itself.
 - Bounds: at most 1,800 words above the marked line and 4,000 in all, counted as `wc -w` counts
   (code included); `make diff B=NN` adds at most 600 lines (its `+` lines but the `+++` headers),
-  but for the step of MORE_DIFF_LINES (07, the first with accounts and rooms).
+  but for the steps of LONGER_DIFFS, each with its bound and why.
 
 Quotes, in every step README: a fenced block whose info string has a second word, such as
 ```` ```python app.py ````, quotes the file that word names inside the step's folder. A line
@@ -285,12 +285,11 @@ def test_the_code_that_matters_quotes_15_to_40_lines(step):
 
 
 @pytest.mark.parametrize("step", STEPS, ids=step_ids)
-def test_the_exercises_link_each_build_exercise_and_the_rest(step):
+def test_the_exercises_link_each_exercise_and_the_rest(step):
     section = sections(above_the_line(readme(step)))["Exercises"]
     targets = {target.rstrip("/") for target, _ in LINK.findall(section)}
     for exercise in step.exercises:
-        if "-b" not in exercise.split("_")[0]:
-            assert f"../../exercises/{exercise}" in targets, f"no link to {exercise}"
+        assert f"../../exercises/{exercise.folder}" in targets, f"no link to {exercise.folder}"
     assert "../../exercises" in targets, "no link to exercises/ for the rest"
 
 
@@ -415,7 +414,7 @@ def test_every_function_named_is_defined_or_imported_in_the_step(step):
 
 @pytest.mark.parametrize("step", STEPS, ids=step_ids)
 def test_every_make_command_names_a_target_and_an_exercise_that_exist(step):
-    exercises = {exercise.split("_")[0] for s in STEPS for exercise in s.exercises}
+    exercises = set(COURSE.exercises)
     for line in code(readme(step)):
         for target, arguments in re.findall(r"\bmake ([a-z][\w%-]*)((?: +[A-Z]+=\S+)*)", line):
             assert is_make_target(target), f"make {target}: the Makefile has no such target"

@@ -1,6 +1,9 @@
 """The course's toolkit: what the tests, the exercises, the bench and the notebooks share.
 
 - course: the course described once (steps.toml), for Python and for make;
+- checks: a step's tests run on a copy of the step, and each test's outcome (make check, the
+  exercise prover);
+- progress: the learner's exercise commands (make exercises, exercise, check, watch, solution);
 - launcher: run a step as a learner does (a process on a free port, stopped by its PID), load a
   step's app in this process, a private Redis;
 - stack: step 09's whole stack (nginx, two app servers, Redis) as `make step-09` runs it;

@@ -4,6 +4,10 @@
 `python3 -m toolkit.course table` prints the step table of the top README; `python3 -m
 toolkit.course find-test NAME [STEP]` the node id of the test of that name. Only the standard
 library: make runs this before the virtual environment exists.
+
+Exercises (exercises/NN-KK_slug/) are listed in steps.toml, each with its kind and minutes;
+mutations (tests/mutations/NN-slug/: a defence removed, and the test that must then fail) are
+found by their folders.
 """
 
 import re
@@ -24,6 +28,63 @@ class Graft:
     carries: tuple[str, ...]  # of those, the ones carried unchanged
 
 
+KINDS = ("build", "fix-it", "write-the-test")
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A learner's exercise: exercises/<folder>/. Its files say how it is proven:
+    - build: test_exercise.py fails on the step and passes with solution.patch;
+    - fix-it: break.patch removes a defence; the step's test named in must_fail.txt passes on
+      the step and fails with the patch (the learner puts the defence back);
+    - write-the-test: break.patch removes a defence; the learner's test (solution_test.py is
+      ours) passes on the step and fails with the patch."""
+
+    folder: str  # e.g. 03-01_history_in_sqlite
+    kind: str  # one of KINDS
+    minutes: int  # about how long it takes
+
+    @property
+    def id(self) -> str:
+        """What `make ... E=` takes: 03-01."""
+        return self.folder.split("_")[0]
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "exercises" / self.folder
+
+    @property
+    def step(self) -> str:
+        return self.folder[:2]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """tests/mutations/<folder>/: break.patch removes one defence of step NN (the folder's first
+    two characters), and the test named in must_fail.txt must then fail. Not an exercise: a
+    proof that the step's tests catch the removal."""
+
+    folder: str  # e.g. 03-no_rate_limit
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "tests" / "mutations" / self.folder
+
+    @property
+    def step(self) -> str:
+        return self.folder[:2]
+
+
+def mutations() -> list[Mutation]:
+    folder = ROOT / "tests" / "mutations"
+    return [Mutation(path.name) for path in sorted(folder.iterdir()) if path.is_dir()]
+
+
+def named_test(folder: Path) -> str:
+    """The test a break.patch must make fail, by name (must_fail.txt)."""
+    return (folder / "must_fail.txt").read_text().strip()
+
+
 @dataclass(frozen=True)
 class Step:
     folder: str  # e.g. 03_chat
@@ -32,7 +93,7 @@ class Step:
     parent: str | None  # the parent's number
     carries: tuple[str, ...]
     vendor: tuple[str, ...]
-    exercises: tuple[str, ...]  # folder names in exercises/
+    exercises: tuple[Exercise, ...]
     graft: Graft | None = None
 
     @property
@@ -60,10 +121,10 @@ class Course:
     def step(self, number_or_folder: str) -> Step:
         return self.steps[number_or_folder[:2]]
 
-    def exercise_step(self, exercise: str) -> Step:
-        """The step an exercise folder belongs to."""
-        (step,) = [step for step in self.steps.values() if exercise in step.exercises]
-        return step
+    @property
+    def exercises(self) -> dict[str, Exercise]:
+        """Every exercise by its id (03-01), in order."""
+        return {ex.id: ex for step in self.steps.values() for ex in step.exercises}
 
 
 def load(path: Path = ROOT / "steps.toml") -> Course:
@@ -79,7 +140,10 @@ def load(path: Path = ROOT / "steps.toml") -> Course:
             parent=numbers[entry["parent"]] if "parent" in entry else None,
             carries=tuple(entry.get("carries", ())),
             vendor=tuple(entry.get("vendor", ())),
-            exercises=tuple(entry.get("exercises", ())),
+            exercises=tuple(
+                Exercise(item["id"], item["kind"], item["minutes"])
+                for item in entry.get("exercises", ())
+            ),
             graft=graft
             and Graft(numbers[graft["from"]], tuple(graft["takes"]), tuple(graft["carries"])),
         )
@@ -122,10 +186,7 @@ def make_variables(course: Course) -> str:
             lines.append(f"parent_{number} := {step.parent}")
         if step.graft:
             lines.append(f"grafts_{number} := {step.graft.source} {' '.join(step.graft.takes)}")
-        for exercise in step.exercises:
-            lines.append(f"exercise_dir_{exercise.split('_')[0]} := exercises/{exercise}")
-    ids = [exercise.split("_")[0] for step in course.steps.values() for exercise in step.exercises]
-    lines.append(f"exercise_ids := {' '.join(ids)}")
+    lines.append(f"exercise_ids := {' '.join(course.exercises)}")
     return "\n".join(lines) + "\n"
 
 

@@ -111,7 +111,7 @@ class Stack:
         if self._exited(name):
             raise RuntimeError(f"{name} stopped at start:\n{self.output(name)}")
         if name == "redis" and self._asks_no_password():
-            # A Redis started without its password (break-it 09-b12): the apps and the tests
+            # A Redis started without its password (fix-it 09-05): the apps and the tests
             # then talk to it without one, as anyone on the machine can.
             self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
             self.env["REDIS_URL"] = self.redis_url
