@@ -325,4 +325,8 @@ def test_the_jobs_bench_measures_jobs_a_second_and_the_delay_through_nginx_of_bo
         assert "error" not in delay, delay
         # Each job's events but those already in Redis when the streams opened, and done.
         assert 0 < delay["events"] <= 2 * 9
-        assert 0 <= delay["delay_p50_ms"] <= delay["delay_p99_ms"] < 1000
+        # A delay is the page's moment minus the moment the bench's Redis reader saw the step
+        # end. With four measurements in this process, that reader may run a few ms after the
+        # page's reader (both wait for the interpreter lock), so a delay near 0 can come out
+        # below it here; `make bench` measures one at a time.
+        assert delay["delay_p50_ms"] <= delay["delay_p99_ms"] < 1000
