@@ -84,7 +84,7 @@ def test_xss_message_shows_as_text_and_nothing_runs(two_users, server):
     alice, bob = two_users
     dialogs = []
     for page in (alice, bob):
-        page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     sign_up_in_browser(alice, server, unique("alice"))
     sign_up_in_browser(bob, server, unique("bob"))
     send_message(alice, XSS)
